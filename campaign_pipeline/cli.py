@@ -1,0 +1,149 @@
+"""``campaign-pipeline``: backfill a date range, run the demo, serve the simulator.
+
+Exit codes: 0 success, 1 the run failed (reason printed), 2 bad input or configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from datetime import UTC, date, datetime, timedelta
+
+from campaign_pipeline.errors import CampaignPipelineError, ConfigError
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+def _parse_day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date; use YYYY-MM-DD") from None
+
+
+def validate_range(start: date, end: date, partition_start: date, tz_name: str, now: datetime) -> None:
+    """Fail fast on a range the partitions cannot hold; one line saying how to fix it."""
+    from campaign_pipeline.windows import latest_complete_day
+
+    latest = latest_complete_day(now, tz_name)
+    if start > end:
+        raise ConfigError(f"--start {start} is after --end {end}; swap them")
+    if start < partition_start:
+        raise ConfigError(
+            f"--start {start} is before the first partition {partition_start}; "
+            "use a later date or set CAMPAIGN_PARTITION_START"
+        )
+    if end > latest:
+        raise ConfigError(f"--end {end} is not a complete day yet in {tz_name}; the latest complete day is {latest}")
+
+
+def _configure_logging(verbose: bool) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger("campaign_pipeline")
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    root.propagate = False
+
+
+def cmd_backfill(args: argparse.Namespace) -> int:
+    """Validate config and range, then run the job for the range as one Dagster run."""
+    from campaign_pipeline.config import PipelineConfig, prepare_data_dir
+
+    config = PipelineConfig.from_env()
+    validate_range(args.start, args.end, config.partition_start, config.partition_tz, datetime.now(UTC))
+    prepare_data_dir(config)
+    from campaign_pipeline.orchestration.backfill import run_backfill
+
+    days = (args.end - args.start).days + 1
+    print(f"backfill {args.start}..{args.end} ({days} day{'s' * (days != 1)}) "
+          f"source={config.source} data_dir={config.data_dir}", file=sys.stderr)
+    outcome = run_backfill(args.start, args.end, resplit_only=args.resplit)
+    if not outcome.success:
+        reason = outcome.failure or "see the Dagster event log"
+        if outcome.failed_checks:
+            reason += f" (failed checks: {', '.join(outcome.failed_checks)})"
+        print(f"backfill failed: {reason}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"backfill done: {days} day(s), {outcome.materializations} materializations, run {outcome.run_id}",
+          file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Backfill the last 7 complete days from the built-in simulator into data/demo and report."""
+    os.environ["CAMPAIGN_SOURCE"] = "simulator"
+    os.environ.setdefault("CAMPAIGN_DATA_DIR", args.data_dir)
+    os.environ.setdefault("CAMPAIGN_PARTITION_TZ", "UTC")
+    today = datetime.now(UTC).date()
+    end = today - timedelta(days=1)
+    start = end - timedelta(days=args.days - 1)
+    os.environ.setdefault("CAMPAIGN_PARTITION_START", start.isoformat())
+    args.start, args.end, args.resplit = start, end, False
+    code = cmd_backfill(args)
+    if code != EXIT_OK:
+        return code
+    from campaign_pipeline.config import PipelineConfig
+    from campaign_pipeline.reporting import daily_delivery_report, format_table
+
+    config = PipelineConfig.from_env()
+    header, rows = daily_delivery_report(config.warehouse_path, start, end)
+    print(format_table(header, rows))
+    print(f"\nwarehouse: {config.warehouse_path}   lake: {config.lake_root}")
+    return EXIT_OK
+
+
+def cmd_simulator(args: argparse.Namespace) -> int:
+    """Serve the CINNOX simulator standalone."""
+    from campaign_pipeline.simulator.__main__ import main as simulator_main
+
+    return simulator_main(args.simulator_args) or EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``campaign-pipeline``."""
+    parser = argparse.ArgumentParser(prog="campaign-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    backfill = sub.add_parser("backfill", help="load a date range (both ends inclusive) as one Dagster run")
+    backfill.add_argument("--start", type=_parse_day, required=True, help="first day, YYYY-MM-DD")
+    backfill.add_argument("--end", type=_parse_day, required=True, help="last day, YYYY-MM-DD (inclusive)")
+    backfill.add_argument("--resplit", action="store_true",
+                          help="rebuild tables from the landed raw files only: no API calls")
+    backfill.set_defaults(func=cmd_backfill)
+
+    demo = sub.add_parser("demo", help="backfill the last 7 complete days from the built-in simulator")
+    demo.add_argument("--days", type=int, default=7)
+    demo.add_argument("--data-dir", default="data/demo")
+    demo.set_defaults(func=cmd_demo)
+
+    simulator = sub.add_parser("simulator", help="serve the CINNOX simulator (see --help of the simulator)",
+                               add_help=False)
+    simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    simulator.set_defaults(func=cmd_simulator)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return args.func(args)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except CampaignPipelineError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,187 @@
+"""Pipeline configuration: the environment contract, validated up front with one-line errors.
+
+Environment (see ``.env.example``)::
+
+    CAMPAIGN_SOURCE           cinnox (default) | simulator
+    CINNOX_BASE_URL           e.g. https://example.cinnox.com   (required for cinnox)
+    CINNOX_APP_ID             the app's id                       (required for cinnox)
+    CINNOX_APP_TOKEN          the app's token, a secret          (required for cinnox)
+    CINNOX_CA_BUNDLE          optional CA bundle path for a TLS-intercepting proxy
+    CINNOX_RATE_LIMIT_PER_MIN client-side request budget, default 450 (documented limit 500)
+    CAMPAIGN_DATA_DIR         default ./data (./data/simulator for the simulator); lake under lake/,
+                              warehouse at warehouse.duckdb
+    CAMPAIGN_PARTITION_START  first partition, YYYY-MM-DD, default 2024-01-01
+    CAMPAIGN_PARTITION_TZ     IANA timezone of the day boundaries, default UTC
+    CAMPAIGN_LOOKBACK_DAYS    days the daily schedule re-materializes, default 3
+    CAMPAIGN_FETCH_WORKERS    parallel detail fetches, default 8
+    CAMPAIGN_SIM_*            simulator knobs (seed, campaigns per day, recipients per campaign)
+
+Nothing here reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+
+from campaign_pipeline import settings
+from campaign_pipeline.errors import ConfigError
+from campaign_pipeline.windows import load_timezone
+
+SOURCE_CINNOX = "cinnox"
+SOURCE_SIMULATOR = "simulator"
+SOURCES = (SOURCE_CINNOX, SOURCE_SIMULATOR)
+SOURCE_MARKER = ".campaign_source"
+_BASE_URL = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?(/[^\s?#]*)?$")
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Validated configuration of one deployment. ``repr`` never shows the token."""
+
+    source: str = SOURCE_CINNOX
+    base_url: str | None = None
+    app_id: str | None = None
+    app_token: str | None = field(default=None, repr=False)
+    ca_bundle: str | None = None
+    rate_limit_per_min: float = settings.DEFAULT_RATE_LIMIT_PER_MIN
+    data_dir: Path = Path(settings.DEFAULT_DATA_DIR)
+    partition_start: date = date.fromisoformat(settings.DEFAULT_PARTITION_START)
+    partition_tz: str = settings.DEFAULT_PARTITION_TZ
+    lookback_days: int = 3
+    fetch_workers: int = settings.DEFAULT_FETCH_WORKERS
+
+    @property
+    def lake_root(self) -> str:
+        """Root of the Parquet lake."""
+        return str(self.data_dir / settings.LAKE_DIRNAME)
+
+    @property
+    def warehouse_path(self) -> Path:
+        """The DuckDB file."""
+        return self.data_dir / settings.WAREHOUSE_FILENAME
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> PipelineConfig:
+        """Read and validate the environment; raises :class:`ConfigError` with a one-line fix."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            return value.strip() if value is not None and value.strip() else None
+
+        source = (get("CAMPAIGN_SOURCE") or SOURCE_CINNOX).lower()
+        default_dir = settings.DEFAULT_DATA_DIR + ("/simulator" if source == SOURCE_SIMULATOR else "")
+        return validate(
+            source=source,
+            base_url=get("CINNOX_BASE_URL"),
+            app_id=get("CINNOX_APP_ID"),
+            app_token=env.get("CINNOX_APP_TOKEN"),
+            ca_bundle=get("CINNOX_CA_BUNDLE"),
+            rate_limit_per_min=get("CINNOX_RATE_LIMIT_PER_MIN") or settings.DEFAULT_RATE_LIMIT_PER_MIN,
+            data_dir=get("CAMPAIGN_DATA_DIR") or default_dir,
+            partition_start=get("CAMPAIGN_PARTITION_START") or settings.DEFAULT_PARTITION_START,
+            partition_tz=get("CAMPAIGN_PARTITION_TZ") or settings.DEFAULT_PARTITION_TZ,
+            lookback_days=get("CAMPAIGN_LOOKBACK_DAYS") or 3,
+            fetch_workers=get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS,
+        )
+
+
+def validate(
+    *,
+    source: str,
+    base_url: str | None,
+    app_id: str | None,
+    app_token: str | None,
+    ca_bundle: str | None = None,
+    rate_limit_per_min: float | str = settings.DEFAULT_RATE_LIMIT_PER_MIN,
+    data_dir: str | Path = settings.DEFAULT_DATA_DIR,
+    partition_start: str | date = settings.DEFAULT_PARTITION_START,
+    partition_tz: str = settings.DEFAULT_PARTITION_TZ,
+    lookback_days: int | str = 3,
+    fetch_workers: int | str = settings.DEFAULT_FETCH_WORKERS,
+) -> PipelineConfig:
+    """Build a :class:`PipelineConfig`, failing fast on the first bad value with a one-line message."""
+    source = (source or SOURCE_CINNOX).strip().lower()
+    if source not in SOURCES:
+        raise ConfigError(f"CAMPAIGN_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
+    if source == SOURCE_CINNOX:
+        for name, value in (("CINNOX_BASE_URL", base_url), ("CINNOX_APP_ID", app_id), ("CINNOX_APP_TOKEN", app_token)):
+            if value is None or not str(value).strip():
+                raise ConfigError(
+                    f"{name} is not set; set it (see .env.example) or use CAMPAIGN_SOURCE=simulator for the built-in simulator"
+                )
+        base_url = str(base_url).strip().rstrip("/")
+        if not _BASE_URL.match(base_url):
+            raise ConfigError(
+                "CINNOX_BASE_URL is not a valid http(s) URL; expected e.g. https://example.cinnox.com"
+            )
+        if ca_bundle and not Path(ca_bundle).is_file():
+            raise ConfigError(f"CINNOX_CA_BUNDLE={ca_bundle!r} is not a readable file")
+    tz = str(partition_tz).strip()
+    load_timezone(tz)
+    start = _parse_day(partition_start, "CAMPAIGN_PARTITION_START")
+    return PipelineConfig(
+        source=source,
+        base_url=base_url,
+        app_id=app_id,
+        app_token=app_token.strip() if app_token else app_token,
+        ca_bundle=ca_bundle,
+        rate_limit_per_min=_positive(rate_limit_per_min, "CINNOX_RATE_LIMIT_PER_MIN", float),
+        data_dir=Path(data_dir).expanduser(),
+        partition_start=start,
+        partition_tz=tz,
+        lookback_days=_positive(lookback_days, "CAMPAIGN_LOOKBACK_DAYS", int),
+        fetch_workers=_positive(fetch_workers, "CAMPAIGN_FETCH_WORKERS", int),
+    )
+
+
+def _parse_day(value: str | date, name: str) -> date:
+    if isinstance(value, date):
+        return value
+    try:
+        return date.fromisoformat(str(value).strip())
+    except ValueError:
+        raise ConfigError(f"{name}={value!r} is not a date; use YYYY-MM-DD") from None
+
+
+def _positive(value, name: str, kind):
+    try:
+        number = kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}={value!r} is not a number") from None
+    if number <= 0:
+        raise ConfigError(f"{name} must be positive, got {value!r}")
+    return number
+
+
+def prepare_data_dir(config: PipelineConfig) -> None:
+    """Create the data dir, prove it is writable, and refuse to mix simulator and real data.
+
+    The first run records its source in ``<data_dir>/.campaign_source``; a later run from the
+    other source fails instead of writing simulated rows beside real ones.
+    """
+    data_dir = config.data_dir
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        probe = data_dir / f".write-probe-{os.getpid()}"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as error:
+        raise ConfigError(
+            f"CAMPAIGN_DATA_DIR={str(data_dir)!r} is not writable ({error.strerror}); point it at a writable directory"
+        ) from None
+    marker = data_dir / SOURCE_MARKER
+    if marker.exists():
+        recorded = marker.read_text().strip()
+        if recorded != config.source:
+            raise ConfigError(
+                f"CAMPAIGN_DATA_DIR={str(data_dir)!r} holds {recorded} data but CAMPAIGN_SOURCE={config.source}; "
+                "use a separate data dir per source"
+            )
+    else:
+        marker.write_text(config.source + "\n")

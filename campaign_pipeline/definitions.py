@@ -1,0 +1,66 @@
+"""The Dagster code location: ``dagster dev -w dagster_workspace.yaml`` loads ``defs`` from here.
+
+Partition start and timezone shape the partitions definition itself, so they are read when the
+code location loads; every other setting reaches the resources through ``dg.EnvVar`` at run time.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import dagster as dg
+
+from campaign_pipeline import settings
+from campaign_pipeline.config import SOURCE_CINNOX, SOURCE_SIMULATOR
+from campaign_pipeline.orchestration.assets import build_assets
+from campaign_pipeline.orchestration.resources import CampaignStorageResource, CinnoxResource
+from campaign_pipeline.orchestration.schedules import build_job_and_schedule
+from campaign_pipeline.windows import load_timezone
+
+
+def _env(env: Mapping[str, str], name: str, default):
+    """``dg.EnvVar(name)`` when the variable is set, so Dagster resolves it at run time; else the default."""
+    return dg.EnvVar(name) if env.get(name, "").strip() else default
+
+
+def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
+    """Build the code location from an environment mapping (``os.environ`` by default)."""
+    env = os.environ if env is None else env
+    source = (env.get("CAMPAIGN_SOURCE") or SOURCE_CINNOX).strip().lower()
+    tz_name = (env.get("CAMPAIGN_PARTITION_TZ") or settings.DEFAULT_PARTITION_TZ).strip()
+    load_timezone(tz_name)
+    partitions = dg.DailyPartitionsDefinition(
+        start_date=(env.get("CAMPAIGN_PARTITION_START") or settings.DEFAULT_PARTITION_START).strip(),
+        timezone=tz_name,
+        end_offset=0,
+    )
+    default_dir = settings.DEFAULT_DATA_DIR + ("/simulator" if source == SOURCE_SIMULATOR else "")
+    assets = build_assets(partitions)
+    job, schedule = build_job_and_schedule(partitions)
+    return dg.Definitions(
+        assets=assets,
+        jobs=[job],
+        schedules=[schedule],
+        resources={
+            "cinnox": CinnoxResource(
+                source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),
+                base_url=_env(env, "CINNOX_BASE_URL", None),
+                app_id=_env(env, "CINNOX_APP_ID", None),
+                app_token=_env(env, "CINNOX_APP_TOKEN", None),
+                ca_bundle=_env(env, "CINNOX_CA_BUNDLE", None),
+                rate_limit_per_min=float(env.get("CINNOX_RATE_LIMIT_PER_MIN") or settings.DEFAULT_RATE_LIMIT_PER_MIN),
+                fetch_workers=int(env.get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS),
+                simulator_seed=int(env.get("CAMPAIGN_SIM_SEED") or 7),
+                simulator_campaigns_per_day=int(env.get("CAMPAIGN_SIM_CAMPAIGNS_PER_DAY") or 8),
+                simulator_recipients_per_campaign=int(env.get("CAMPAIGN_SIM_RECIPIENTS_PER_CAMPAIGN") or 150),
+            ),
+            "storage": CampaignStorageResource(
+                data_dir=_env(env, "CAMPAIGN_DATA_DIR", default_dir),
+                source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),
+            ),
+        },
+    )
+
+
+defs = build_definitions()

@@ -1,0 +1,184 @@
+"""The lake: raw landing files and hive-partitioned Parquet, through one pyarrow filesystem.
+
+Layout under the lake root::
+
+    raw/date=YYYY-MM-DD/responses.ndjson.gz         one JSON line per API response page
+    <table>/date=YYYY-MM-DD/part-0.parquet          one file per table and day
+
+Every file is written atomically: to a hidden temporary name beside its final path (readers of
+hive datasets skip names starting with ``.``), then renamed over the final name. On object
+stores, where a single PUT is already atomic, the file is written to its final key directly.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date
+
+import orjson
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from campaign_pipeline import settings
+
+RAW_FILENAME = "responses.ndjson.gz"
+PARQUET_FILENAME = "part-0.parquet"
+_GZIP_LEVEL = 3
+
+
+@dataclass(frozen=True)
+class RawPage:
+    """One landed API response page: which endpoint, which campaign (details) and its records."""
+
+    endpoint: str
+    history_id: str | None
+    offset: int
+    records: list
+
+
+class Lake:
+    """Reads and writes the lake under ``root`` (a local path or a URI pyarrow understands)."""
+
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None):
+        if filesystem is None:
+            if "://" in root:
+                filesystem, root = pafs.FileSystem.from_uri(root)
+            else:
+                filesystem, root = pafs.LocalFileSystem(), os.path.abspath(root)
+        self.fs = filesystem
+        self.root = root.rstrip("/")
+        self.is_local = isinstance(filesystem, pafs.LocalFileSystem)
+
+    def __repr__(self) -> str:
+        return f"Lake({self.fs.type_name}:{self.root})"
+
+    # -- paths -----------------------------------------------------------------------------
+    def partition_dir(self, table: str, day: date) -> str:
+        """Directory of one table's day: ``<root>/<table>/date=YYYY-MM-DD``."""
+        return f"{self.root}/{table}/date={day.isoformat()}"
+
+    def parquet_path(self, table: str, day: date) -> str:
+        """The Parquet file of one table's day."""
+        return f"{self.partition_dir(table, day)}/{PARQUET_FILENAME}"
+
+    def raw_path(self, day: date) -> str:
+        """The raw landing file of one day."""
+        return f"{self.partition_dir(settings.RAW_DIRNAME, day)}/{RAW_FILENAME}"
+
+    def table_dir(self, table: str) -> str:
+        """Root of one table's hive-partitioned dataset."""
+        return f"{self.root}/{table}"
+
+    def exists(self, path: str) -> bool:
+        """True if a file exists at ``path``."""
+        return self.fs.get_file_info(path).type == pafs.FileType.File
+
+    # -- atomic writes -----------------------------------------------------------------------
+    @contextmanager
+    def _atomic_output(self, path: str) -> Iterator[pa.NativeFile]:
+        directory = path.rsplit("/", 1)[0]
+        self.fs.create_dir(directory, recursive=True)
+        if not self.is_local:
+            with self.fs.open_output_stream(path) as stream:
+                yield stream
+            return
+        temp = f"{directory}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
+        try:
+            with self.fs.open_output_stream(temp) as stream:
+                yield stream
+            with open(temp, "rb+") as handle:  # durable before it becomes visible
+                os.fsync(handle.fileno())
+            self.fs.move(temp, path)
+        finally:
+            if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
+                self.fs.delete_file(temp)
+
+    def write_parquet(self, table_name: str, day: date, table: pa.Table) -> str:
+        """Atomically replace one table's day with ``table`` (an empty table is written too, so a
+        day that lost all its rows does not keep stale ones). Returns the path."""
+        path = self.parquet_path(table_name, day)
+        with self._atomic_output(path) as stream:
+            pq.write_table(table, stream, compression="zstd")
+        return path
+
+    def read_parquet(self, table_name: str, day: date) -> pa.Table | None:
+        """One table's day as Arrow, or ``None`` when it was never written."""
+        path = self.parquet_path(table_name, day)
+        if not self.exists(path):
+            return None
+        with self.fs.open_input_file(path) as handle:
+            return pq.read_table(handle)
+
+    # -- raw landing -----------------------------------------------------------------------
+    @contextmanager
+    def raw_writer(self, day: date) -> Iterator[RawWriter]:
+        """Write a day's raw landing file; it becomes visible only if the block completes."""
+        with self._atomic_output(self.raw_path(day)) as stream:
+            with gzip.GzipFile(fileobj=_NativeWriter(stream), mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:
+                yield RawWriter(gz)
+
+    def has_raw(self, day: date) -> bool:
+        """True if a complete raw landing file exists for ``day``."""
+        return self.exists(self.raw_path(day))
+
+    def iter_raw_pages(self, day: date) -> Iterator[RawPage]:
+        """The landed pages of ``day`` in the order they were written (summary pages first)."""
+        with self.fs.open_input_stream(self.raw_path(day)) as stream:
+            with gzip.GzipFile(fileobj=_NativeReader(stream), mode="rb") as gz:
+                for line in io.BufferedReader(gz, buffer_size=1 << 20):
+                    item = orjson.loads(line)
+                    yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), item["result"])
+
+
+class RawWriter:
+    """Appends API response pages to a raw landing file, one JSON line each."""
+
+    def __init__(self, gz: gzip.GzipFile):
+        self._gz = gz
+        self.pages = 0
+        self.records = 0
+
+    def write_page(self, endpoint: str, history_id: str | None, offset: int, page_records: list) -> None:
+        """Append one page; records are kept verbatim, unknown fields included."""
+        line = orjson.dumps(
+            {"endpoint": endpoint, "history_id": history_id, "offset": offset, "result": page_records}
+        )
+        self._gz.write(line + b"\n")
+        self.pages += 1
+        self.records += len(page_records)
+
+
+class _NativeWriter(io.RawIOBase):
+    """Adapts a pyarrow output stream to the file object ``gzip`` expects."""
+
+    def __init__(self, stream: pa.NativeFile):
+        self._stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self._stream.write(data)
+        return len(data)
+
+
+class _NativeReader(io.RawIOBase):
+    """Adapts a pyarrow input stream to the file object ``gzip`` expects."""
+
+    def __init__(self, stream: pa.NativeFile):
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = self._stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)

@@ -1,0 +1,1 @@
+"""The Dagster layer: the only part of the package that imports ``dagster``."""

@@ -1,0 +1,90 @@
+"""Dagster resources: thin factories over the plain client, lake and warehouse classes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+
+import dagster as dg
+
+from campaign_pipeline import config as pipeline_config
+from campaign_pipeline import settings
+from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline.lake import Lake
+from campaign_pipeline.warehouse import Warehouse
+
+
+class CinnoxResource(dg.ConfigurableResource):
+    """Opens a :class:`CinnoxClient` on the real CINNOX API, or on an embedded simulator when
+    ``source`` is ``simulator``. Secrets come from ``dg.EnvVar`` and never reach metadata."""
+
+    source: str = pipeline_config.SOURCE_CINNOX
+    base_url: str | None = None
+    app_id: str | None = None
+    app_token: str | None = None
+    ca_bundle: str | None = None
+    rate_limit_per_min: float = settings.DEFAULT_RATE_LIMIT_PER_MIN
+    fetch_workers: int = settings.DEFAULT_FETCH_WORKERS
+    simulator_seed: int = 7
+    simulator_campaigns_per_day: int = 8
+    simulator_recipients_per_campaign: int = 150
+
+    def validated(self) -> pipeline_config.PipelineConfig:
+        """This resource's settings, validated (one-line :class:`ConfigError` on a bad value)."""
+        return pipeline_config.validate(
+            source=self.source,
+            base_url=self.base_url,
+            app_id=self.app_id,
+            app_token=self.app_token,
+            ca_bundle=self.ca_bundle,
+            rate_limit_per_min=self.rate_limit_per_min,
+            fetch_workers=self.fetch_workers,
+        )
+
+    @contextmanager
+    def open_client(self) -> Iterator[CinnoxClient]:
+        """A client for the configured source; the embedded simulator lives as long as the block."""
+        cfg = self.validated()
+        if cfg.source == pipeline_config.SOURCE_SIMULATOR:
+            from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
+
+            sim_config = SimulatorConfig(
+                seed=self.simulator_seed,
+                campaigns_per_day=self.simulator_campaigns_per_day,
+                recipients_per_campaign=self.simulator_recipients_per_campaign,
+            )
+            with SimulatorServer(sim_config) as server:
+                with CinnoxClient(server.base_url, server.app_id, server.token,
+                                  rate_limit_per_min=cfg.rate_limit_per_min) as client:
+                    yield client
+            return
+        with CinnoxClient(cfg.base_url, cfg.app_id, cfg.app_token, ca_bundle=cfg.ca_bundle,
+                          rate_limit_per_min=cfg.rate_limit_per_min) as client:
+            yield client
+
+
+class CampaignStorageResource(dg.ConfigurableResource):
+    """Where the data lands: ``<data_dir>/lake`` (Parquet) and ``<data_dir>/warehouse.duckdb``."""
+
+    data_dir: str = settings.DEFAULT_DATA_DIR
+    source: str = pipeline_config.SOURCE_CINNOX
+
+    def prepare(self) -> None:
+        """Check the data dir is writable and belongs to this source (fails fast, one line)."""
+        cfg = pipeline_config.validate(source=self.source, base_url="http://unused", app_id="-", app_token="-",
+                                       data_dir=self.data_dir)
+        pipeline_config.prepare_data_dir(cfg)
+
+    def lake(self) -> Lake:
+        """The Parquet lake."""
+        return Lake(f"{self.data_dir}/{settings.LAKE_DIRNAME}")
+
+    def warehouse(self) -> Warehouse:
+        """The DuckDB warehouse."""
+        return Warehouse(f"{self.data_dir}/{settings.WAREHOUSE_FILENAME}")
+
+
+def utc_now() -> datetime:
+    """The current time, aware, in UTC."""
+    return datetime.now(UTC)

@@ -1,0 +1,149 @@
+"""One partition's work, without Dagster: land the API pages, split them into tables, publish.
+
+    land_day      CINNOX API -> raw landing file (summary pages, then detail pages fetched in parallel)
+    split_day     raw landing file -> typed Arrow tables (no API calls: a day can be re-split)
+    publish_day   Arrow tables -> Parquet files (atomic) -> DuckDB (one transaction per day)
+
+Logs carry counts, partition keys and campaign ids only: never phone numbers, bodies or tokens.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+
+from campaign_pipeline import records
+from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline.lake import Lake
+from campaign_pipeline.transform import DaySplitter, DayTables
+from campaign_pipeline.warehouse import Warehouse
+from campaign_pipeline.windows import PartitionWindow
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[str], None]
+
+
+@dataclass
+class LandingResult:
+    """What one day's landing fetched: counts only, safe for metadata."""
+
+    day: str
+    campaigns_listed: int = 0
+    campaigns_in_window: int = 0
+    pages: int = 0
+    records: int = 0
+    seconds: float = 0.0
+    requests: dict = field(default_factory=dict)
+
+    def as_metadata(self) -> dict:
+        """Plain values for Dagster metadata."""
+        return {
+            "campaigns_listed": self.campaigns_listed,
+            "campaigns_in_window": self.campaigns_in_window,
+            "pages": self.pages,
+            "records": self.records,
+            "seconds": round(self.seconds, 3),
+            **{f"requests_{key}": value for key, value in self.requests.items()},
+        }
+
+
+def campaigns_in_window(summary_records: list, window: PartitionWindow) -> list[str]:
+    """Ids of the summary records that belong to ``window`` (typeable, dated inside it), in order."""
+    ids: list[str] = []
+    seen: set[str] = set()
+    for record in summary_records:
+        try:
+            row = records.parse_campaign(record)
+        except records.RecordRejected:
+            continue
+        if window.contains_us(row["sent_at"]) and row["campaign_id"] not in seen:
+            seen.add(row["campaign_id"])
+            ids.append(row["campaign_id"])
+    return ids
+
+
+def land_day(
+    client: CinnoxClient,
+    lake: Lake,
+    window: PartitionWindow,
+    workers: int = 8,
+    progress: ProgressCallback | None = None,
+) -> LandingResult:
+    """Fetch one day from the API into its raw landing file, replacing it atomically.
+
+    Summary pages are fetched first and written first; then every in-window campaign's detail
+    pages are fetched by ``workers`` threads and appended as they arrive. If anything fails, the
+    previous landing file (if any) stays as it was.
+    """
+    started = time.monotonic()
+    before = client.stats.as_dict()
+    result = LandingResult(day=window.key)
+    with lake.raw_writer(window.day) as writer:
+        summary_records: list = []
+        for page in client.iter_summary_pages(window.start_utc, window.end_utc):
+            writer.write_page("summary", None, page.offset, page.records)
+            summary_records.extend(page.records)
+        result.campaigns_listed = len(summary_records)
+        campaign_ids = campaigns_in_window(summary_records, window)
+        del summary_records
+        result.campaigns_in_window = len(campaign_ids)
+        write_lock = threading.Lock()
+        done = 0
+
+        def fetch_campaign(history_id: str) -> None:
+            nonlocal done
+            for page in client.iter_detail_pages(history_id):
+                with write_lock:
+                    writer.write_page("detail", history_id, page.offset, page.records)
+            with write_lock:
+                done += 1
+                if progress is not None:
+                    progress(f"{window.key}: fetched campaign {done}/{len(campaign_ids)}")
+
+        if campaign_ids:
+            pool = ThreadPoolExecutor(max_workers=max(1, min(workers, len(campaign_ids))),
+                                      thread_name_prefix="cinnox-detail")
+            try:
+                for future in as_completed([pool.submit(fetch_campaign, cid) for cid in campaign_ids]):
+                    future.result()  # the first failure aborts the day; queued campaigns are cancelled
+            finally:
+                pool.shutdown(wait=True, cancel_futures=True)
+        result.pages = writer.pages
+        result.records = writer.records
+    after = client.stats.as_dict()
+    result.requests = {
+        key: round(after[key] - before.get(key, 0), 3) for key in after if isinstance(after[key], (int, float))
+    }
+    result.seconds = time.monotonic() - started
+    log.info(
+        "landed %s: %d campaigns in window, %d pages, %d records, %d requests in %.1fs",
+        window.key, result.campaigns_in_window, result.pages, result.records,
+        result.requests.get("requests", 0), result.seconds,
+    )
+    return result
+
+
+def split_day(lake: Lake, window: PartitionWindow) -> DayTables:
+    """Type one day's landed pages into tables. Makes no API call."""
+    splitter = DaySplitter(window)
+    for page in lake.iter_raw_pages(window.day):
+        if page.endpoint == "summary":
+            splitter.add_summary_records(page.records)
+        else:
+            splitter.add_detail_records(page.history_id, page.records)
+    return splitter.finish()
+
+
+def publish_day(lake: Lake, warehouse: Warehouse, day_tables: DayTables) -> dict[str, int]:
+    """Write each table's day to Parquet (atomically), then replace the day in DuckDB in one
+    transaction. Re-publishing the same day leaves identical tables."""
+    for name, table in day_tables.tables.items():
+        lake.write_parquet(name, day_tables.day, table)
+    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables)
+    log.info("published %s: %s", day_tables.day.isoformat(), inserted)
+    return inserted

@@ -1,0 +1,278 @@
+"""Record parsing: one raw CINNOX API record in, one typed row (or a rejection reason) out.
+
+Tolerant of how records really arrive (see ``shared/reference/cinnox-api.md``): recipients as
+JSON numbers or digit strings, ``numSMS`` as a numeric string, both spellings of
+``LastUpdatedDateTime``, RFC3339 with or without milliseconds and with ``Z`` or an offset, the
+other channel's fields absent, ``""`` or ``null``, and statuses in any casing.
+
+A record that cannot be typed raises :class:`RecordRejected` with a short, PII-free reason; the
+caller keeps the raw record in ``rejected_records``. Nothing here logs.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from campaign_pipeline import settings
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+
+SUMMARY_FIELDS = frozenset(
+    {
+        "id", "date", "campaignName", "channel", "createdBy", "sender", "subject",
+        "totalRecipients", "delivered", "read", "replied", "pending", "failed",
+    }
+)  # fmt: skip
+DETAIL_FIELDS = frozenset(
+    {
+        "id", "date", "sender", "recipient", "recipientCountry", "subject", "content", "numSMS",
+        "status", "carrierNetworkStatus", "failedReason", "lastUpdatedDateTime", "LastUpdatedDateTime",
+    }
+)  # fmt: skip
+SENDER_FIELDS = frozenset({"phone", "channelName", "sourceName", "senderEID"})
+
+_STATUS_VOCABULARY = {
+    settings.CHANNEL_SMS: {s.lower(): s for s in settings.SMS_STATUSES},
+    settings.CHANNEL_WHATSAPP: {s.lower(): s for s in settings.WHATSAPP_STATUSES},
+}
+_CARRIER_VOCABULARY = {s.lower(): s for s in settings.SMS_CARRIER_STATUSES}
+_CHANNELS = {c.lower(): c for c in settings.CHANNELS}
+
+
+class RecordRejected(ValueError):
+    """A record that cannot be typed; ``reason`` is short and never contains the record's values."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+def text_or_none(value: Any) -> str | None:
+    """Optional text field: absent, ``null`` and ``""`` all become ``None``; numbers become text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    if isinstance(value, bool):
+        return str(value).lower()
+    return str(value)
+
+
+def parse_timestamp_us(value: Any, field: str) -> int:
+    """Parse an RFC3339 timestamp (``Z`` or offset, with or without fractions) to UTC epoch microseconds."""
+    if not isinstance(value, str) or not value:
+        raise RecordRejected(f"missing {field}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise RecordRejected(f"unparseable {field}") from None
+    if parsed.tzinfo is None:
+        raise RecordRejected(f"{field} has no UTC offset")
+    return (parsed - _EPOCH) // _MICROSECOND
+
+
+def optional_timestamp_us(value: Any, field: str) -> int | None:
+    """Like :func:`parse_timestamp_us` but absent/empty gives ``None``."""
+    if value is None or value == "":
+        return None
+    return parse_timestamp_us(value, field)
+
+
+def normalize_recipient(value: Any) -> str:
+    """Normalize a recipient phone number to E.164 text with a leading ``+``.
+
+    Accepts a JSON number or a string with or without ``+`` and with spaces, dashes or dots.
+    """
+    if isinstance(value, bool) or value is None or value == "":
+        raise RecordRejected("missing recipient")
+    if isinstance(value, int):
+        digits = str(value)
+    elif isinstance(value, float) and value.is_integer():
+        digits = str(int(value))
+    elif isinstance(value, str):
+        digits = value.strip()
+        digits = digits.removeprefix("+")
+        if not digits.isdigit():
+            digits = digits.replace(" ", "").replace("-", "").replace(".", "")
+    else:
+        raise RecordRejected("invalid recipient type")
+    if not digits.isascii() or not digits.isdigit() or not 6 <= len(digits) <= 15:
+        raise RecordRejected("invalid recipient number")
+    return "+" + digits
+
+
+def parse_count(value: Any, field: str) -> int | None:
+    """A non-negative count given as a JSON number or a numeric string; absent/empty gives ``None``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool):
+        raise RecordRejected(f"invalid {field}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str):
+        try:
+            as_float = float(value.strip())
+        except ValueError:
+            raise RecordRejected(f"invalid {field}") from None
+        if not as_float.is_integer():
+            raise RecordRejected(f"invalid {field}")
+        number = int(as_float)
+    else:
+        raise RecordRejected(f"invalid {field}")
+    if number < 0:
+        raise RecordRejected(f"negative {field}")
+    return number
+
+
+def canonical_channel(value: Any) -> str:
+    """``SMS`` or ``WhatsApp`` in canonical casing; anything else is rejected."""
+    channel = _CHANNELS.get(str(value).strip().lower()) if isinstance(value, str) else None
+    if channel is None:
+        raise RecordRejected("unknown channel")
+    return channel
+
+
+def canonical_status(value: Any, channel: str) -> str | None:
+    """Map a status to its canonical casing for the channel; unknown values are kept as-is."""
+    text = text_or_none(value)
+    if text is None:
+        return None
+    return _STATUS_VOCABULARY[channel].get(text.lower(), text)
+
+
+def canonical_carrier_status(value: Any) -> str | None:
+    """Map an SMS carrier status to canonical casing; empty means the carrier never received it."""
+    text = text_or_none(value)
+    if text is None:
+        return None
+    return _CARRIER_VOCABULARY.get(text.lower(), text)
+
+
+def is_known_status(status: str | None, channel: str) -> bool:
+    """True if ``status`` is in the channel's documented vocabulary (or absent)."""
+    return status is None or status in _STATUS_VOCABULARY[channel].values()
+
+
+def sender_of(record: dict) -> dict:
+    """The nested ``sender`` object, or an empty dict when absent or malformed."""
+    sender = record.get("sender")
+    return sender if isinstance(sender, dict) else {}
+
+
+def unknown_fields(record: dict, known: frozenset[str]) -> list[str]:
+    """Names of top-level and ``sender.*`` fields we do not model (kept only in the raw landing)."""
+    extra = [key for key in record if key not in known]
+    sender = record.get("sender")
+    if isinstance(sender, dict):
+        extra.extend(f"sender.{key}" for key in sender if key not in SENDER_FIELDS)
+    return extra
+
+
+def parse_campaign(record: Any) -> dict:
+    """Type one summary record into a ``campaigns`` row (without ``partition_date``).
+
+    ``sent_at`` is epoch microseconds UTC. Raises :class:`RecordRejected`.
+    """
+    if not isinstance(record, dict):
+        raise RecordRejected("record is not a JSON object")
+    campaign_id = text_or_none(record.get("id"))
+    if campaign_id is None:
+        raise RecordRejected("missing id")
+    sent_at = parse_timestamp_us(record.get("date"), "date")
+    channel = canonical_channel(record.get("channel"))
+    sender = sender_of(record)
+    is_whatsapp = channel == settings.CHANNEL_WHATSAPP
+    return {
+        "campaign_id": campaign_id,
+        "sent_at": sent_at,
+        "channel": channel,
+        "campaign_name": text_or_none(record.get("campaignName")),
+        "created_by": text_or_none(record.get("createdBy")),
+        "sender_phone": text_or_none(sender.get("phone")),
+        "sender_channel_name": text_or_none(sender.get("channelName")) if is_whatsapp else None,
+        "sender_source_name": text_or_none(sender.get("sourceName")) if is_whatsapp else None,
+        "sender_eid": None if is_whatsapp else text_or_none(sender.get("senderEID")),
+        "subject": text_or_none(record.get("subject")) if is_whatsapp else None,
+        "total_recipients": parse_count(record.get("totalRecipients"), "totalRecipients"),
+        "delivered": parse_count(record.get("delivered"), "delivered"),
+        "read": parse_count(record.get("read"), "read"),
+        "replied": parse_count(record.get("replied"), "replied"),
+        "pending": parse_count(record.get("pending"), "pending"),
+        "failed": parse_count(record.get("failed"), "failed"),
+    }
+
+
+def _last_updated(record: dict) -> Any:
+    value = record.get("lastUpdatedDateTime")
+    if value is None or value == "":
+        value = record.get("LastUpdatedDateTime")
+    return value
+
+
+def parse_sms_message(record: Any, campaign_id: str) -> tuple:
+    """Type one SMS detail record into an ``sms_messages`` row tuple (without ``partition_date``).
+
+    Column order: campaign_id, recipient, sent_at, sender_phone, sender_eid, recipient_country,
+    content, num_sms, status, carrier_network_status, last_updated_at.
+    """
+    record = _check_detail(record, campaign_id)
+    sender = sender_of(record)
+    num_sms = parse_count(record.get("numSMS"), "numSMS")
+    country = text_or_none(record.get("recipientCountry"))
+    return (
+        campaign_id,
+        normalize_recipient(record.get("recipient")),
+        parse_timestamp_us(record.get("date"), "date"),
+        text_or_none(sender.get("phone")),
+        text_or_none(sender.get("senderEID")),
+        country.upper() if country else None,
+        text_or_none(record.get("content")),
+        num_sms,
+        canonical_status(record.get("status"), settings.CHANNEL_SMS),
+        canonical_carrier_status(record.get("carrierNetworkStatus")),
+        optional_timestamp_us(_last_updated(record), "lastUpdatedDateTime"),
+    )
+
+
+def parse_whatsapp_message(record: Any, campaign_id: str) -> tuple:
+    """Type one WhatsApp detail record into a ``whatsapp_messages`` row tuple (without ``partition_date``).
+
+    Column order: campaign_id, recipient, sent_at, sender_phone, sender_channel_name,
+    sender_source_name, subject, status, failed_reason, last_updated_at.
+    """
+    record = _check_detail(record, campaign_id)
+    sender = sender_of(record)
+    return (
+        campaign_id,
+        normalize_recipient(record.get("recipient")),
+        parse_timestamp_us(record.get("date"), "date"),
+        text_or_none(sender.get("phone")),
+        text_or_none(sender.get("channelName")),
+        text_or_none(sender.get("sourceName")),
+        text_or_none(record.get("subject")),
+        canonical_status(record.get("status"), settings.CHANNEL_WHATSAPP),
+        text_or_none(record.get("failedReason")),
+        optional_timestamp_us(_last_updated(record), "lastUpdatedDateTime"),
+    )
+
+
+def _check_detail(record: Any, campaign_id: str) -> dict:
+    if not isinstance(record, dict):
+        raise RecordRejected("record is not a JSON object")
+    record_id = record.get("id")
+    if record_id is None or record_id == "":
+        raise RecordRejected("missing id")
+    if str(record_id) != campaign_id:
+        raise RecordRejected("id does not match historyID")
+    return record
+
+
+MESSAGE_PARSERS = {
+    settings.CHANNEL_SMS: parse_sms_message,
+    settings.CHANNEL_WHATSAPP: parse_whatsapp_message,
+}

@@ -1,0 +1,62 @@
+"""Constants only: the CINNOX API contract as we read it, and pipeline defaults.
+
+Several API names are [ASSUMED] in ``shared/reference/cinnox-api.md``; they live here, in one
+place, so that a correction is a one-line change.
+"""
+
+from __future__ import annotations
+
+# --- CINNOX API paths ------------------------------------------------------------------------
+SUMMARY_PATH = "/v1/api/apps/{app_id}/data/sent-campaigns-summary"
+DETAIL_PATH = "/v1/api/apps/{app_id}/data/sent-campaigns-detail"
+
+# --- Query parameter names ([ASSUMED] apart from historyID) ----------------------------------
+PARAM_START_AT = "startAt"
+PARAM_END_AT = "endAt"
+PARAM_OFFSET = "offset"
+PARAM_LIMIT = "limit"
+PARAM_HISTORY_ID = "historyID"
+
+# --- Envelope ---------------------------------------------------------------------------------
+ENVELOPE_CODE = "code"
+ENVELOPE_RESULT = "result"
+ENVELOPE_MESSAGE = "message"
+CODE_OK = 0
+
+# --- CINNOX error codes -----------------------------------------------------------------------
+CODE_BAD_PARAMETERS = 6451000
+CODE_METHOD_NOT_FOUND = 6450001
+CODE_BAD_RESPONSE = 6451001
+CODE_TOO_MANY_REQUESTS = 6451010
+RETRIABLE_BODY_CODES = frozenset({CODE_BAD_RESPONSE, CODE_TOO_MANY_REQUESTS})
+
+# --- Paging and limits ------------------------------------------------------------------------
+PAGE_SIZE = 500  # documented maximum
+MAX_PAGES_PER_LISTING = 100_000  # guard against an endless paging loop
+DOCUMENTED_RATE_LIMIT_PER_MIN = 500
+DEFAULT_RATE_LIMIT_PER_MIN = 450  # stay under the documented 500/min
+
+# --- HTTP defaults ----------------------------------------------------------------------------
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_READ_TIMEOUT_S = 30.0
+DEFAULT_MAX_ATTEMPTS = 6
+DEFAULT_BACKOFF_BASE_S = 0.5
+DEFAULT_BACKOFF_MAX_S = 30.0
+DEFAULT_FETCH_WORKERS = 8
+
+# --- Channels ---------------------------------------------------------------------------------
+CHANNEL_SMS = "SMS"
+CHANNEL_WHATSAPP = "WhatsApp"
+CHANNELS = (CHANNEL_SMS, CHANNEL_WHATSAPP)
+
+SMS_STATUSES = ("Submitted", "Delivered", "Undelivered", "Pending", "Failed")
+SMS_CARRIER_STATUSES = ("Queued", "Delivered", "Undelivered")
+WHATSAPP_STATUSES = ("Delivered", "Read", "Pending", "Failed")
+
+# --- Lake layout ------------------------------------------------------------------------------
+LAKE_DIRNAME = "lake"
+RAW_DIRNAME = "raw"
+WAREHOUSE_FILENAME = "warehouse.duckdb"
+DEFAULT_DATA_DIR = "./data"
+DEFAULT_PARTITION_START = "2024-01-01"
+DEFAULT_PARTITION_TZ = "UTC"

@@ -1,0 +1,9 @@
+-- messages: both channels' recipients in one relation, common columns plus channel.
+CREATE OR REPLACE VIEW messages AS
+SELECT 'SMS' AS channel, campaign_id, recipient, partition_date, sent_at, sender_phone,
+       status, last_updated_at
+FROM sms_messages
+UNION ALL
+SELECT 'WhatsApp' AS channel, campaign_id, recipient, partition_date, sent_at, sender_phone,
+       status, last_updated_at
+FROM whatsapp_messages;

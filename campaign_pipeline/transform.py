@@ -1,0 +1,233 @@
+"""Pure transforms: a day's raw API pages -> typed Arrow tables for every warehouse table.
+
+``DaySplitter`` consumes summary pages first, then detail pages, page by page: rows are held as
+compact Arrow record batches, never as a partition's worth of Python dicts. ``finish()`` drops
+campaigns outside the partition window (the API's ``endAt`` may be inclusive), de-duplicates
+messages on (campaign_id, recipient) keeping the latest ``last_updated_at``, and returns the
+tables sorted deterministically so a re-run produces identical files.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+
+import orjson
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from campaign_pipeline import records, schemas, settings
+from campaign_pipeline.windows import PartitionWindow
+
+_BATCH_ROWS = 20_000
+
+
+@dataclass
+class SplitStats:
+    """Counts describing one day's split; PII-free, safe for logs and metadata."""
+
+    summary_records: int = 0
+    detail_records: int = 0
+    campaigns_out_of_window: int = 0
+    duplicate_campaigns_dropped: int = 0
+    duplicate_messages_dropped: int = 0
+    details_for_unknown_campaigns: int = 0
+    rejected_by_reason: Counter = field(default_factory=Counter)
+    unknown_fields: set[str] = field(default_factory=set)
+    unknown_statuses: dict[str, set[str]] = field(default_factory=dict)
+
+    def as_metadata(self) -> dict:
+        """Plain JSON-able values for Dagster metadata."""
+        return {
+            "summary_records": self.summary_records,
+            "detail_records": self.detail_records,
+            "campaigns_out_of_window": self.campaigns_out_of_window,
+            "duplicate_campaigns_dropped": self.duplicate_campaigns_dropped,
+            "duplicate_messages_dropped": self.duplicate_messages_dropped,
+            "details_for_unknown_campaigns": self.details_for_unknown_campaigns,
+            "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
+            "unknown_fields": sorted(self.unknown_fields),
+            "unknown_statuses": {k: sorted(v) for k, v in sorted(self.unknown_statuses.items())},
+        }
+
+
+@dataclass
+class DayTables:
+    """The typed tables of one partition, keyed by table name, plus the split's stats."""
+
+    day: date
+    tables: dict[str, pa.Table]
+    stats: SplitStats
+
+    @property
+    def row_counts(self) -> dict[str, int]:
+        """Rows per table."""
+        return {name: table.num_rows for name, table in self.tables.items()}
+
+
+class _ColumnBuffer:
+    """Row tuples buffered briefly, flushed to Arrow record batches every ``_BATCH_ROWS`` rows."""
+
+    def __init__(self, schema: pa.Schema, partition_column: bool = True):
+        self.schema = schema
+        self.columns_without_partition = [f.name for f in schema if f.name != "partition_date"]
+        self.rows: list[tuple] = []
+        self.batches: list[pa.RecordBatch] = []
+        self.partition_column = partition_column
+
+    def append(self, row: tuple) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= _BATCH_ROWS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        columns = list(zip(*self.rows, strict=True))
+        self.rows = []
+        fields = [self.schema.field(name) for name in self.columns_without_partition]
+        arrays = [pa.array(values, type=_storage_type(f.type)) for f, values in zip(fields, columns, strict=True)]
+        arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, fields, strict=True)]
+        self.batches.append(pa.RecordBatch.from_arrays(arrays, names=self.columns_without_partition))
+
+    def to_table(self, day: date) -> pa.Table:
+        self.flush()
+        partial = pa.schema([self.schema.field(n) for n in self.columns_without_partition])
+        table = pa.Table.from_batches(self.batches, schema=partial.remove_metadata()) if self.batches else partial.empty_table()
+        self.batches = []
+        index = self.schema.get_field_index("partition_date")
+        table = table.add_column(index, "partition_date", pa.array([day] * table.num_rows, pa.date32()))
+        return table.cast(self.schema)
+
+
+def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
+    # Timestamps arrive as epoch microseconds; build them as int64, then cast.
+    return pa.int64() if pa.types.is_timestamp(arrow_type) else arrow_type
+
+
+_CAMPAIGN_COLUMNS = [f.name for f in schemas.CAMPAIGNS_SCHEMA if f.name != "partition_date"]
+
+
+class DaySplitter:
+    """Split one partition's raw pages into typed tables. Feed summary pages, then detail pages."""
+
+    def __init__(self, window: PartitionWindow):
+        self.window = window
+        self.stats = SplitStats()
+        self._campaign_channels: dict[str, str] = {}
+        self._campaigns = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
+        self._messages = {
+            settings.CHANNEL_SMS: _ColumnBuffer(schemas.SMS_MESSAGES_SCHEMA),
+            settings.CHANNEL_WHATSAPP: _ColumnBuffer(schemas.WHATSAPP_MESSAGES_SCHEMA),
+        }
+        self._rejected: list[tuple] = []
+
+    @property
+    def campaign_channels(self) -> dict[str, str]:
+        """Campaign id -> channel for the campaigns that belong to this window."""
+        return self._campaign_channels
+
+    def add_summary_records(self, page_records: list) -> None:
+        """Type summary records; keep those whose ``date`` falls in the window."""
+        for record in page_records:
+            self.stats.summary_records += 1
+            try:
+                row = records.parse_campaign(record)
+            except records.RecordRejected as rejected:
+                self._reject("summary", record, rejected.reason, None, _safe_id(record))
+                continue
+            if isinstance(record, dict):
+                self.stats.unknown_fields.update(records.unknown_fields(record, records.SUMMARY_FIELDS))
+            if not self.window.contains_us(row["sent_at"]):
+                self.stats.campaigns_out_of_window += 1
+                continue
+            if row["campaign_id"] in self._campaign_channels:
+                self.stats.duplicate_campaigns_dropped += 1
+                continue
+            self._campaign_channels[row["campaign_id"]] = row["channel"]
+            self._campaigns.append(tuple(row[c] for c in _CAMPAIGN_COLUMNS))
+
+    def add_detail_records(self, history_id: str, page_records: list) -> None:
+        """Type the detail records of campaign ``history_id`` into its channel's table."""
+        channel = self._campaign_channels.get(history_id)
+        if channel is None:
+            self.stats.details_for_unknown_campaigns += len(page_records)
+            return
+        parse = records.MESSAGE_PARSERS[channel]
+        buffer = self._messages[channel]
+        unknown_fields = self.stats.unknown_fields
+        known = records.DETAIL_FIELDS
+        for record in page_records:
+            try:
+                row = parse(record, history_id)
+            except records.RecordRejected as rejected:
+                self._reject("detail", record, rejected.reason, channel, history_id)
+                continue
+            if not known.issuperset(record) or "sender" in record and not records.SENDER_FIELDS.issuperset(
+                records.sender_of(record)
+            ):
+                unknown_fields.update(records.unknown_fields(record, known))
+            buffer.append(row)
+        self.stats.detail_records += len(page_records)
+
+    def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
+        self.stats.rejected_by_reason[reason] += 1
+        raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+        self._rejected.append((endpoint, channel, campaign_id, reason, raw))
+
+    def finish(self) -> DayTables:
+        """Build the day's tables: de-duplicated, sorted, typed by the declared schemas."""
+        day = self.window.day
+        tables = {schemas.CAMPAIGNS.name: _sorted(self._campaigns.to_table(day), schemas.CAMPAIGNS)}
+        for spec in schemas.MESSAGE_TABLES:
+            channel = settings.CHANNEL_SMS if spec is schemas.SMS_MESSAGES else settings.CHANNEL_WHATSAPP
+            table = self._messages[channel].to_table(day)
+            before = table.num_rows
+            table = deduplicate_latest(table, spec.key_columns, "last_updated_at")
+            self.stats.duplicate_messages_dropped += before - table.num_rows
+            unknown = set(pc.unique(table["status"]).drop_null().to_pylist()) - set(
+                settings.SMS_STATUSES if channel == settings.CHANNEL_SMS else settings.WHATSAPP_STATUSES
+            )
+            if unknown:
+                self.stats.unknown_statuses[channel] = unknown
+            tables[spec.name] = table
+        tables[schemas.REJECTED_RECORDS.name] = _sorted(self._rejected_table(day), schemas.REJECTED_RECORDS)
+        return DayTables(day=day, tables=tables, stats=self.stats)
+
+    def _rejected_table(self, day: date) -> pa.Table:
+        columns = list(zip(*self._rejected, strict=True)) if self._rejected else [[]] * 5
+        names = ["endpoint", "channel", "campaign_id", "reason", "raw_record"]
+        data = {"partition_date": pa.array([day] * len(self._rejected), pa.date32())}
+        data.update({name: pa.array(values, pa.string()) for name, values in zip(names, columns, strict=True)})
+        return pa.table(data).cast(schemas.REJECTED_RECORDS_SCHEMA)
+
+
+def _safe_id(record) -> str | None:
+    if isinstance(record, dict):
+        return records.text_or_none(record.get("id"))
+    return None
+
+
+def _sorted(table: pa.Table, spec: schemas.TableSpec) -> pa.Table:
+    if table.num_rows == 0:
+        return table
+    return table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in spec.sort_columns]))
+
+
+def deduplicate_latest(table: pa.Table, key_columns: tuple[str, ...], order_column: str) -> pa.Table:
+    """Keep one row per key: the one with the greatest ``order_column`` (nulls lowest), ties to the
+    row that arrived last. The result is sorted by the key columns."""
+    if table.num_rows == 0:
+        return table
+    arrival = pa.array(range(table.num_rows), pa.int64())
+    with_arrival = table.append_column("__arrival", arrival)
+    sort_keys = [(c, "ascending") for c in key_columns] + [(order_column, "descending"), ("__arrival", "descending")]
+    ordered = with_arrival.take(pc.sort_indices(with_arrival, sort_keys=sort_keys, null_placement="at_end"))
+    keep = None
+    for column in key_columns:
+        values = ordered[column].combine_chunks()
+        changed = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1))
+        keep = changed if keep is None else pc.or_(keep, changed)
+    keep = pa.concat_arrays([pa.array([True]), keep.combine_chunks() if isinstance(keep, pa.ChunkedArray) else keep])
+    return ordered.filter(keep).drop_columns(["__arrival"])

@@ -1,0 +1,145 @@
+"""The DuckDB warehouse: schema derived from the Arrow schemas, one idempotent load per partition.
+
+Writers are serialized by a file lock beside the database (``warehouse.duckdb.lock``), so two
+concurrent backfills wait for each other instead of failing with "database is locked". A
+partition is replaced in one transaction across all tables (delete that day, insert the new
+rows), so a reader sees the old or the new day, never half of one. Values are always bound
+parameters; identifiers come only from :mod:`campaign_pipeline.schemas`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from datetime import date
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+from filelock import FileLock
+
+from campaign_pipeline import schemas
+from campaign_pipeline.errors import CampaignPipelineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_LOCK_TIMEOUT_S = 1800.0
+DEFAULT_OPEN_TIMEOUT_S = 120.0
+
+
+class WarehouseError(CampaignPipelineError):
+    """The warehouse is unreachable or its schema disagrees with the declared Arrow schemas."""
+
+
+class Warehouse:
+    """A DuckDB file plus the lock that serializes its writers."""
+
+    def __init__(self, path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+        self.path = Path(path)
+        self.lock_timeout_s = lock_timeout_s
+        self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s, thread_local=False)
+
+    def __repr__(self) -> str:
+        return f"Warehouse({self.path})"
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """An exclusive read-write connection, held only for the duration of the block."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock:
+            con = _connect_with_retry(str(self.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
+            try:
+                ensure_schema(con)
+                ensure_views(con)
+                yield con
+            finally:
+                con.close()
+
+    @contextmanager
+    def reader(self, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection; waits (up to ``timeout_s``) while a writer holds the file."""
+        if not self.path.exists():
+            raise WarehouseError(f"no warehouse at {self.path}; run a backfill first (campaign-pipeline backfill ...)")
+        con = _connect_with_retry(str(self.path), read_only=True, timeout_s=timeout_s)
+        try:
+            yield con
+        finally:
+            con.close()
+
+    def replace_partition(self, day: date, tables: Mapping[str, pa.Table]) -> dict[str, int]:
+        """Replace ``day`` in every given table, in one transaction. Returns rows inserted per table."""
+        inserted: dict[str, int] = {}
+        with self.writer() as con:
+            con.execute("BEGIN TRANSACTION")
+            try:
+                for name, table in tables.items():
+                    spec = schemas.TABLES[name]
+                    if table.schema != spec.schema:
+                        table = table.cast(spec.schema)
+                    con.execute(f'DELETE FROM "{spec.name}" WHERE partition_date = ?', [day])
+                    con.register("incoming_partition", table)
+                    con.execute(f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition')
+                    con.unregister("incoming_partition")
+                    inserted[name] = table.num_rows
+                con.execute("COMMIT")
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+        return inserted
+
+
+SQL_DIR = Path(__file__).parent / "sql"
+
+
+def view_statements() -> list[tuple[str, str]]:
+    """(file name, SQL) of every view definition in ``campaign_pipeline/sql``, in file order."""
+    return [(path.name, path.read_text()) for path in sorted(SQL_DIR.glob("*.sql"))]
+
+
+def ensure_views(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """(Re)create the analyst views from their ``.sql`` files. Returns the file names applied."""
+    applied = []
+    for name, statement in view_statements():
+        con.execute(statement)
+        applied.append(name)
+    return applied
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """Create missing tables from the Arrow schemas; fail loudly if an existing table drifted."""
+    for spec in schemas.TABLES.values():
+        con.execute(schemas.duckdb_ddl(spec))
+        actual = con.execute(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+            [spec.name],
+        ).fetchall()
+        expected = [(f.name, schemas.duckdb_type(f.type)) for f in spec.schema]
+        normalized = [(name, _normalize_type(kind)) for name, kind in actual]
+        if normalized != expected:
+            raise WarehouseError(
+                f"table {spec.name} in the warehouse has columns {normalized}, expected {expected}; "
+                "migrate it or start from a fresh CAMPAIGN_DATA_DIR"
+            )
+
+
+def _normalize_type(kind: str) -> str:
+    return {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}.get(kind, kind)
+
+
+def _connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return duckdb.connect(path, read_only=read_only)
+        except duckdb.IOException as error:
+            if "lock" not in str(error).lower() or time.monotonic() >= deadline:
+                raise WarehouseError(
+                    f"could not open the warehouse {path} ({'read-only' if read_only else 'read-write'}) "
+                    f"within {timeout_s:.0f}s: another process holds it; retry when it finishes"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
