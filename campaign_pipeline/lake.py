@@ -12,8 +12,6 @@ stores, where a single PUT is already atomic, the file is written to its final k
 
 from __future__ import annotations
 
-import gzip
-import io
 import os
 import uuid
 from collections.abc import Iterator
@@ -30,7 +28,6 @@ from campaign_pipeline import settings
 
 RAW_FILENAME = "responses.ndjson.gz"
 PARQUET_FILENAME = "part-0.parquet"
-_GZIP_LEVEL = 3
 
 
 @dataclass(frozen=True)
@@ -86,12 +83,12 @@ class Lake:
         directory = path.rsplit("/", 1)[0]
         self.fs.create_dir(directory, recursive=True)
         if not self.is_local:
-            with self.fs.open_output_stream(path) as stream:
+            with self.fs.open_output_stream(path, compression=None) as stream:
                 yield stream
             return
         temp = f"{directory}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
         try:
-            with self.fs.open_output_stream(temp) as stream:
+            with self.fs.open_output_stream(temp, compression=None) as stream:
                 yield stream
             with open(temp, "rb+") as handle:  # durable before it becomes visible
                 os.fsync(handle.fileno())
@@ -121,7 +118,7 @@ class Lake:
     def raw_writer(self, day: date) -> Iterator[RawWriter]:
         """Write a day's raw landing file; it becomes visible only if the block completes."""
         with self._atomic_output(self.raw_path(day)) as stream:
-            with gzip.GzipFile(fileobj=_NativeWriter(stream), mode="wb", compresslevel=_GZIP_LEVEL, mtime=0) as gz:
+            with pa.CompressedOutputStream(stream, "gzip") as gz:
                 yield RawWriter(gz)
 
     def has_raw(self, day: date) -> bool:
@@ -130,17 +127,16 @@ class Lake:
 
     def iter_raw_pages(self, day: date) -> Iterator[RawPage]:
         """The landed pages of ``day`` in the order they were written (summary pages first)."""
-        with self.fs.open_input_stream(self.raw_path(day)) as stream:
-            with gzip.GzipFile(fileobj=_NativeReader(stream), mode="rb") as gz:
-                for line in io.BufferedReader(gz, buffer_size=1 << 20):
-                    item = orjson.loads(line)
-                    yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), item["result"])
+        with self.fs.open_input_stream(self.raw_path(day), compression="gzip") as stream:
+            for line in _lines(stream):
+                item = orjson.loads(line)
+                yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), item["result"])
 
 
 class RawWriter:
     """Appends API response pages to a raw landing file, one JSON line each."""
 
-    def __init__(self, gz: gzip.GzipFile):
+    def __init__(self, gz: pa.NativeFile):
         self._gz = gz
         self.pages = 0
         self.records = 0
@@ -155,30 +151,12 @@ class RawWriter:
         self.records += len(page_records)
 
 
-class _NativeWriter(io.RawIOBase):
-    """Adapts a pyarrow output stream to the file object ``gzip`` expects."""
-
-    def __init__(self, stream: pa.NativeFile):
-        self._stream = stream
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data) -> int:
-        self._stream.write(data)
-        return len(data)
-
-
-class _NativeReader(io.RawIOBase):
-    """Adapts a pyarrow input stream to the file object ``gzip`` expects."""
-
-    def __init__(self, stream: pa.NativeFile):
-        self._stream = stream
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:
-        data = self._stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
+def _lines(stream: pa.NativeFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:
+    """Split a byte stream into lines without holding more than one chunk plus one line."""
+    pending = b""
+    while chunk := stream.read(chunk_size):
+        pending += chunk
+        *complete, pending = pending.split(b"\n")
+        yield from (line for line in complete if line)
+    if pending:
+        yield pending

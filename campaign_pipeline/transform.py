@@ -69,12 +69,12 @@ class DayTables:
 class _ColumnBuffer:
     """Row tuples buffered briefly, flushed to Arrow record batches every ``_BATCH_ROWS`` rows."""
 
-    def __init__(self, schema: pa.Schema, partition_column: bool = True):
+    def __init__(self, schema: pa.Schema):
         self.schema = schema
         self.columns_without_partition = [f.name for f in schema if f.name != "partition_date"]
+        self.partial_schema = pa.schema([schema.field(n) for n in self.columns_without_partition])
         self.rows: list[tuple] = []
         self.batches: list[pa.RecordBatch] = []
-        self.partition_column = partition_column
 
     def append(self, row: tuple) -> None:
         self.rows.append(row)
@@ -89,12 +89,11 @@ class _ColumnBuffer:
         fields = [self.schema.field(name) for name in self.columns_without_partition]
         arrays = [pa.array(values, type=_storage_type(f.type)) for f, values in zip(fields, columns, strict=True)]
         arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, fields, strict=True)]
-        self.batches.append(pa.RecordBatch.from_arrays(arrays, names=self.columns_without_partition))
+        self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.partial_schema))
 
     def to_table(self, day: date) -> pa.Table:
         self.flush()
-        partial = pa.schema([self.schema.field(n) for n in self.columns_without_partition])
-        table = pa.Table.from_batches(self.batches, schema=partial.remove_metadata()) if self.batches else partial.empty_table()
+        table = pa.Table.from_batches(self.batches, schema=self.partial_schema)
         self.batches = []
         index = self.schema.get_field_index("partition_date")
         table = table.add_column(index, "partition_date", pa.array([day] * table.num_rows, pa.date32()))
@@ -222,8 +221,9 @@ def deduplicate_latest(table: pa.Table, key_columns: tuple[str, ...], order_colu
         return table
     arrival = pa.array(range(table.num_rows), pa.int64())
     with_arrival = table.append_column("__arrival", arrival)
-    sort_keys = [(c, "ascending") for c in key_columns] + [(order_column, "descending"), ("__arrival", "descending")]
-    ordered = with_arrival.take(pc.sort_indices(with_arrival, sort_keys=sort_keys, null_placement="at_end"))
+    sort_keys = [(c, "ascending") for c in key_columns]
+    sort_keys += [(order_column, "descending", "at_end"), ("__arrival", "descending")]
+    ordered = with_arrival.take(pc.sort_indices(with_arrival, sort_keys=sort_keys))
     keep = None
     for column in key_columns:
         values = ordered[column].combine_chunks()

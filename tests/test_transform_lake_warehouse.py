@@ -1,0 +1,142 @@
+"""Pure transforms, the Parquet lake and the DuckDB warehouse, each on real files in a temp dir."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import pyarrow as pa
+import pytest
+
+from campaign_pipeline import schemas
+from campaign_pipeline.lake import Lake
+from campaign_pipeline.transform import DaySplitter, deduplicate_latest
+from campaign_pipeline.warehouse import Warehouse, WarehouseError
+from campaign_pipeline.windows import PartitionWindow
+
+DAY = date(2024, 5, 1)
+
+
+def summary(cid: str, when: str, channel: str = "SMS", total: int = 1) -> dict:
+    return {"id": cid, "date": when, "channel": channel, "campaignName": "n", "createdBy": "ops",
+            "sender": {"phone": "ACME", "senderEID": "e1"}, "totalRecipients": total, "delivered": total}
+
+
+def detail(cid: str, recipient: str, updated: str, status: str = "Delivered", when="2024-05-01T10:00:00Z") -> dict:
+    return {"id": cid, "date": when, "sender": {"phone": "ACME", "senderEID": "e1"}, "recipient": recipient,
+            "recipientCountry": "HK", "content": "hi", "numSMS": 1, "status": status,
+            "carrierNetworkStatus": "Delivered", "lastUpdatedDateTime": updated}
+
+
+def split(summary_records, details_by_campaign, tz="UTC"):
+    splitter = DaySplitter(PartitionWindow.for_day(DAY, tz))
+    splitter.add_summary_records(summary_records)
+    for cid, rows in details_by_campaign.items():
+        splitter.add_detail_records(cid, rows)
+    return splitter.finish()
+
+
+def test_split_drops_campaigns_outside_the_window_including_the_inclusive_end_edge():
+    result = split([summary("in", "2024-05-01T00:00:00.000Z"), summary("edge", "2024-05-02T00:00:00.000Z"),
+                    summary("before", "2024-04-30T23:59:59.999Z")], {})
+    assert result.tables["campaigns"]["campaign_id"].to_pylist() == ["in"]
+    assert result.stats.campaigns_out_of_window == 2
+
+
+def test_split_keeps_latest_last_updated_among_duplicate_recipients():
+    rows = [detail("c", "+85291234567", "2024-05-01T10:05:00Z", "Delivered"),
+            detail("c", "+85291234567", "2024-05-01T10:01:00Z", "Submitted"),
+            detail("c", "+85291234568", "2024-05-01T10:01:00Z", "Pending")]
+    result = split([summary("c", "2024-05-01T10:00:00Z", total=2)], {"c": rows})
+    table = result.tables["sms_messages"]
+    assert table.num_rows == 2
+    assert dict(zip(table["recipient"].to_pylist(), table["status"].to_pylist(), strict=True)) == {
+        "+85291234567": "Delivered", "+85291234568": "Pending"}
+    assert result.stats.duplicate_messages_dropped == 1
+
+
+def test_split_rejects_bad_records_and_loads_the_rest():
+    rows = [detail("c", "+85291234567", "2024-05-01T10:05:00Z"), {**detail("c", "", "2024-05-01T10:05:00Z")},
+            detail("c", "+85291234569", "2024-05-01T10:05:00Z", when="not-a-date")]
+    result = split([summary("c", "2024-05-01T10:00:00Z"), {"date": "2024-05-01T10:00:00Z"}], {"c": rows})
+    rejected = result.tables["rejected_records"].to_pylist()
+    assert sorted(r["reason"] for r in rejected) == ["missing id", "missing recipient", "unparseable date"]
+    assert result.tables["sms_messages"].num_rows == 1
+    assert all(r["partition_date"] == DAY for r in rejected)
+
+
+def test_split_output_matches_declared_schemas():
+    result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
+    for name, table in result.tables.items():
+        assert table.schema == schemas.TABLES[name].schema, name
+
+
+def test_split_uses_partition_timezone_for_membership():
+    # 20:00Z on 2024-04-30 is 04:00 on 2024-05-01 in Hong Kong.
+    result = split([summary("hk", "2024-04-30T20:00:00Z"), summary("late", "2024-05-01T20:00:00Z")], {},
+                   tz="Asia/Hong_Kong")
+    assert result.tables["campaigns"]["campaign_id"].to_pylist() == ["hk"]
+
+
+def test_deduplicate_latest_prefers_non_null_and_later_arrival_on_ties():
+    table = pa.table({"k": ["a", "a", "a", "b"], "v": [1, None, 1, None], "tag": ["first", "null", "last", "only"]})
+    out = deduplicate_latest(table, ("k",), "v")
+    assert out["tag"].to_pylist() == ["last", "only"]
+
+
+def test_lake_parquet_write_is_atomic_and_replaces(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    table = pa.table({"x": [1, 2]})
+    lake.write_parquet("t", DAY, table)
+    lake.write_parquet("t", DAY, pa.table({"x": [3]}))
+    assert lake.read_parquet("t", DAY)["x"].to_pylist() == [3]
+    files = [p.name for p in (tmp_path / "lake" / "t" / "date=2024-05-01").iterdir()]
+    assert files == ["part-0.parquet"]
+
+
+def test_lake_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    with lake.raw_writer(DAY) as writer:
+        writer.write_page("summary", None, 0, [{"id": "old"}])
+    with pytest.raises(RuntimeError):
+        with lake.raw_writer(DAY) as writer:
+            writer.write_page("summary", None, 0, [{"id": "new"}])
+            raise RuntimeError("crash mid-landing")
+    pages = list(lake.iter_raw_pages(DAY))
+    assert [p.records for p in pages] == [[{"id": "old"}]]
+    assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "date=2024-05-01").iterdir()) == ["responses.ndjson.gz"]
+
+
+def test_warehouse_replace_partition_is_idempotent(tmp_path):
+    result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.replace_partition(DAY, result.tables)
+    warehouse.replace_partition(DAY, result.tables)
+    with warehouse.reader() as con:
+        assert con.execute("SELECT count(*) FROM sms_messages").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM campaigns").fetchone() == (1,)
+        assert con.execute("SELECT messages, delivery_rate FROM delivery_rates_daily").fetchone() == (1, 1.0)
+
+
+def test_warehouse_rolls_back_the_whole_day_on_failure(tmp_path):
+    result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.replace_partition(DAY, result.tables)
+    broken = dict(result.tables)
+    broken["sms_messages"] = pa.table({"nonsense": [1]})
+    with pytest.raises(Exception):
+        warehouse.replace_partition(DAY, broken)
+    with warehouse.reader() as con:
+        assert con.execute("SELECT count(*) FROM campaigns").fetchone() == (1,)
+        assert con.execute("SELECT count(*) FROM sms_messages").fetchone() == (1,)
+
+
+def test_warehouse_schema_drift_fails_loudly(tmp_path):
+    import duckdb
+
+    path = tmp_path / "w.duckdb"
+    con = duckdb.connect(str(path))
+    con.execute("CREATE TABLE campaigns (campaign_id VARCHAR)")
+    con.close()
+    with pytest.raises(WarehouseError, match="campaigns"):
+        with Warehouse(path).writer():
+            pass
