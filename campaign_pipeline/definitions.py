@@ -7,6 +7,7 @@ code location loads; every other setting reaches the resources through ``dg.EnvV
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Mapping
 
 import dagster as dg
@@ -17,6 +18,10 @@ from campaign_pipeline.orchestration.assets import build_assets
 from campaign_pipeline.orchestration.resources import CampaignStorageResource, CinnoxResource
 from campaign_pipeline.orchestration.schedules import build_job_and_schedule
 from campaign_pipeline.windows import load_timezone
+
+# BackfillPolicy and partitioned checks are beta/preview in Dagster 1.13; we rely on them knowingly.
+warnings.filterwarnings("ignore", category=dg.BetaWarning)
+warnings.filterwarnings("ignore", category=dg.PreviewWarning)
 
 
 def _env(env: Mapping[str, str], name: str, default):
@@ -36,7 +41,7 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
         end_offset=0,
     )
     default_dir = settings.DEFAULT_DATA_DIR + ("/simulator" if source == SOURCE_SIMULATOR else "")
-    assets = build_assets(partitions)
+    assets = build_assets(partitions, float(env.get("CAMPAIGN_REJECTED_THRESHOLD") or 0.01))
     job, schedule = build_job_and_schedule(partitions)
     return dg.Definitions(
         assets=assets,

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from campaign_pipeline import records
+from campaign_pipeline import quality, records
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.lake import Lake
-from campaign_pipeline.transform import DaySplitter, DayTables
+from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
 from campaign_pipeline.warehouse import Warehouse
 from campaign_pipeline.windows import PartitionWindow
 
@@ -147,3 +147,15 @@ def publish_day(lake: Lake, warehouse: Warehouse, day_tables: DayTables) -> dict
     inserted = warehouse.replace_partition(day_tables.day, day_tables.tables)
     log.info("published %s: %s", day_tables.day.isoformat(), inserted)
     return inserted
+
+
+def check_day(
+    warehouse: Warehouse,
+    window: PartitionWindow,
+    stats: SplitStats,
+    refetch_summary: Callable[[], list] | None = None,
+    rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
+) -> list[quality.CheckOutcome]:
+    """Run every per-partition check on the published day (read-only)."""
+    with warehouse.reader() as con:
+        return quality.evaluate_day(con, window, stats, refetch_summary, rejected_threshold)

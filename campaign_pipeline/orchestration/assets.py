@@ -1,12 +1,11 @@
 """Dagster assets: thin wrappers that map a partition range onto :mod:`campaign_pipeline.pipeline`."""
 
-from __future__ import annotations
 
 from datetime import date
 
 import dagster as dg
 
-from campaign_pipeline import pipeline, schemas
+from campaign_pipeline import pipeline, quality, schemas
 from campaign_pipeline.orchestration.resources import CampaignStorageResource, CinnoxResource
 from campaign_pipeline.windows import PartitionWindow
 
@@ -20,8 +19,26 @@ def windows_of(context: dg.AssetExecutionContext, tz_name: str) -> list[Partitio
     return [PartitionWindow.for_day(date.fromisoformat(key), tz_name) for key in context.partition_keys]
 
 
-def build_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefinition]:
-    """The partitioned assets of the pipeline, for the given daily partitions."""
+def check_evaluation(outcome: quality.CheckOutcome, partition_key: str) -> dg.AssetCheckEvaluation:
+    """A partitioned Dagster check evaluation from a :class:`quality.CheckOutcome`."""
+    return dg.AssetCheckEvaluation(
+        asset_key=TABLE_KEYS[outcome.spec.table],
+        check_name=outcome.spec.name,
+        passed=outcome.passed,
+        metadata={key: dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value
+                  for key, value in outcome.metadata.items()},
+        severity=dg.AssetCheckSeverity[outcome.severity],
+        description=outcome.description,
+        blocking=outcome.spec.blocking,
+        partition=partition_key,
+    )
+
+
+def build_assets(
+    partitions: dg.DailyPartitionsDefinition,
+    rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
+) -> list[dg.AssetsDefinition]:
+    """The partitioned assets of the pipeline (and their checks), for the given daily partitions."""
     tz_name = partitions.timezone
     backfill_policy = dg.BackfillPolicy.single_run()
 
@@ -56,16 +73,30 @@ def build_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefi
                          group_name=GROUP, kinds={"parquet", "duckdb"})
             for name, key in TABLE_KEYS.items()
         ],
+        check_specs=[
+            dg.AssetCheckSpec(spec.name, asset=TABLE_KEYS[spec.table], blocking=spec.blocking,
+                              description=spec.description, partitions_def=partitions)
+            for spec in quality.ALL_CHECKS
+        ],
         partitions_def=partitions,
         backfill_policy=backfill_policy,
         name="campaign_tables",
     )
-    def campaign_tables(context: dg.AssetExecutionContext, storage: CampaignStorageResource):
-        """Split each landed day into typed tables; write Parquet; replace the day in DuckDB."""
+    def campaign_tables(
+        context: dg.AssetExecutionContext, cinnox: CinnoxResource, storage: CampaignStorageResource
+    ):
+        """Split each landed day into typed tables; write Parquet; replace the day in DuckDB; check it."""
         lake, warehouse = storage.lake(), storage.warehouse()
+        selected_checks = context.selected_asset_check_keys
         for window in windows_of(context, tz_name):
             day_tables = pipeline.split_day(lake, window)
             inserted = pipeline.publish_day(lake, warehouse, day_tables)
+            outcomes = pipeline.check_day(warehouse, window, day_tables.stats,
+                                          refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
+                                          rejected_threshold=rejected_threshold)
+            for outcome in outcomes:
+                if dg.AssetCheckKey(TABLE_KEYS[outcome.spec.table], outcome.spec.name) in selected_checks:
+                    yield check_evaluation(outcome, window.key)
             context.log.info(f"published {window.key}: {inserted}")
             stats = day_tables.stats.as_metadata()
             for name, key in TABLE_KEYS.items():
@@ -77,5 +108,13 @@ def build_assets(partitions: dg.DailyPartitionsDefinition) -> list[dg.AssetsDefi
                 context.add_asset_metadata(metadata, asset_key=key, partition_key=window.key)
         for key in TABLE_KEYS.values():
             yield dg.MaterializeResult(asset_key=key)
+        for check_key in selected_checks:  # evaluations were yielded per partition above
+            yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
     return [raw_campaign_responses, campaign_tables]
+
+
+def _refetch_summary(cinnox: CinnoxResource, window: PartitionWindow) -> list:
+    with cinnox.open_client() as client:
+        return [record for page in client.iter_summary_pages(window.start_utc, window.end_utc)
+                for record in page.records]

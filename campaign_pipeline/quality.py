@@ -1,0 +1,277 @@
+"""Per-partition data-quality checks over the warehouse, without Dagster.
+
+Each check answers one question about one table for one partition day and returns a
+:class:`CheckOutcome`; the Dagster layer turns outcomes into partitioned asset-check evaluations.
+Checks that guard correctness are *blocking*: a failed one stops downstream analytics for the day.
+Metadata carries counts, statuses, field names and campaign ids only, never phone numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import duckdb
+
+from campaign_pipeline import records, schemas, settings
+from campaign_pipeline.transform import SplitStats
+from campaign_pipeline.windows import PartitionWindow
+
+ERROR, WARN = "ERROR", "WARN"
+DEFAULT_REJECTED_RATIO_THRESHOLD = 0.01
+MAX_IDS_IN_METADATA = 50
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    """A check's identity and contract: which table, its name, whether it blocks, what it asks."""
+
+    table: str
+    name: str
+    blocking: bool
+    description: str
+
+
+@dataclass
+class CheckOutcome:
+    """The result of one check on one partition."""
+
+    spec: CheckSpec
+    passed: bool
+    severity: str = ERROR
+    description: str = ""
+    metadata: dict = field(default_factory=dict)
+
+
+def _spec(table: str, name: str, blocking: bool, description: str) -> CheckSpec:
+    return CheckSpec(table, name, blocking, description)
+
+
+UNIQUE_RECIPIENT = {
+    t.name: _spec(t.name, "unique_campaign_recipient", True, "(campaign_id, recipient) is unique in the partition")
+    for t in schemas.MESSAGE_TABLES
+}
+STATUS_VOCABULARY = {
+    t.name: _spec(t.name, "status_in_vocabulary", False,
+                  "Every status is in the channel's documented vocabulary; warns and names unknown values")
+    for t in schemas.MESSAGE_TABLES
+}
+SENT_AT_IN_WINDOW = {
+    t.name: _spec(t.name, "sent_at_in_partition", True,
+                  "Every sent_at falls inside the partition's day in the partition timezone")
+    for t in (schemas.CAMPAIGNS, *schemas.MESSAGE_TABLES)
+}
+RECONCILIATION = _spec(
+    schemas.CAMPAIGNS.name, "reconciles_with_details", True,
+    "Per campaign: detail rows = total_recipients; WhatsApp Read rows = read; delivered matches Delivered or "
+    "Delivered+Read; pending and failed match where present. The summary is re-fetched once before a mismatch.",
+)
+SCHEMA_DRIFT = _spec(schemas.CAMPAIGNS.name, "schema_drift", False,
+                     "Warns with the names of API fields the typed tables do not model")
+REJECTED_RATIO = _spec(schemas.REJECTED_RECORDS.name, "rejected_ratio", True,
+                       "Share of records rejected: warns above 0, fails above the threshold (default 1%)")
+
+ALL_CHECKS: list[CheckSpec] = [
+    *UNIQUE_RECIPIENT.values(), *STATUS_VOCABULARY.values(), *SENT_AT_IN_WINDOW.values(),
+    RECONCILIATION, SCHEMA_DRIFT, REJECTED_RATIO,
+]  # fmt: skip
+
+
+def check_unique_recipients(con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow) -> CheckOutcome:
+    """Fail if any (campaign_id, recipient) appears more than once in the day."""
+    rows = con.execute(
+        f'SELECT campaign_id, count(*) AS n FROM (SELECT campaign_id, recipient FROM "{table}" '
+        "WHERE partition_date = ?) GROUP BY campaign_id, recipient HAVING count(*) > 1",
+        [window.day],
+    ).fetchall()
+    campaigns = sorted({r[0] for r in rows})
+    return CheckOutcome(
+        UNIQUE_RECIPIENT[table], passed=not rows,
+        description=f"{len(rows)} duplicated (campaign_id, recipient) keys" if rows else "all keys unique",
+        metadata={"duplicate_keys": len(rows), "campaign_ids": campaigns[:MAX_IDS_IN_METADATA]},
+    )
+
+
+def check_status_vocabulary(con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow) -> CheckOutcome:
+    """Warn (never fail) when statuses outside the channel's vocabulary appear; names them."""
+    vocabulary = settings.SMS_STATUSES if table == schemas.SMS_MESSAGES.name else settings.WHATSAPP_STATUSES
+    rows = con.execute(
+        f'SELECT status, count(*) FROM "{table}" WHERE partition_date = ? AND status IS NOT NULL '
+        "AND NOT list_contains(?, status) GROUP BY status ORDER BY status",
+        [window.day, list(vocabulary)],
+    ).fetchall()
+    unknown = {status: count for status, count in rows}
+    return CheckOutcome(
+        STATUS_VOCABULARY[table], passed=not unknown, severity=WARN,
+        description=f"unknown statuses: {', '.join(unknown)}" if unknown else "all statuses known",
+        metadata={"unknown_statuses": unknown},
+    )
+
+
+def check_sent_at_in_window(con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow) -> CheckOutcome:
+    """Fail if any row's ``sent_at`` lies outside the partition's [start, end) in UTC."""
+    outside, first, last = con.execute(
+        f'SELECT count(*) FILTER (WHERE sent_at < ? OR sent_at >= ?), min(sent_at), max(sent_at) FROM "{table}" '
+        "WHERE partition_date = ?",
+        [window.start_utc, window.end_utc, window.day],
+    ).fetchone()
+    return CheckOutcome(
+        SENT_AT_IN_WINDOW[table], passed=outside == 0,
+        description=f"{outside} rows outside {window.start_utc.isoformat()}..{window.end_utc.isoformat()}"
+        if outside else f"all rows inside the {window.tz_name} day",
+        metadata={"rows_outside": outside, "window_start_utc": window.start_utc.isoformat(),
+                  "window_end_utc": window.end_utc.isoformat(),
+                  "min_sent_at": first.isoformat() if first else None,
+                  "max_sent_at": last.isoformat() if last else None},
+    )
+
+
+_DETAIL_COUNTS_SQL = """
+WITH detail AS (
+    SELECT campaign_id, status FROM sms_messages WHERE partition_date = $day
+    UNION ALL
+    SELECT campaign_id, status FROM whatsapp_messages WHERE partition_date = $day
+), counts AS (
+    SELECT campaign_id,
+           count(*) AS rows,
+           count(*) FILTER (WHERE status = 'Delivered') AS delivered_rows,
+           count(*) FILTER (WHERE status = 'Read') AS read_rows,
+           count(*) FILTER (WHERE status = 'Pending') AS pending_rows,
+           count(*) FILTER (WHERE status = 'Failed') AS failed_rows
+    FROM detail GROUP BY campaign_id
+)
+SELECT c.campaign_id, c.channel, c.total_recipients, c.delivered, c."read", c.pending, c.failed,
+       coalesce(d.rows, 0), coalesce(d.delivered_rows, 0), coalesce(d.read_rows, 0),
+       coalesce(d.pending_rows, 0), coalesce(d.failed_rows, 0)
+FROM campaigns c LEFT JOIN counts d USING (campaign_id)
+WHERE c.partition_date = $day
+ORDER BY c.campaign_id
+"""
+
+
+def _compare(summary: dict, detail: dict) -> tuple[list[str], str | None]:
+    """Mismatching fields of one campaign, and which delivered convention held (WhatsApp)."""
+    problems = []
+    if summary["total_recipients"] is not None and summary["total_recipients"] != detail["rows"]:
+        problems.append("total_recipients")
+    convention = None
+    if summary["channel"] == settings.CHANNEL_WHATSAPP:
+        if summary["read"] is not None and summary["read"] != detail["read_rows"]:
+            problems.append("read")
+        if summary["delivered"] is not None:
+            if summary["delivered"] == detail["delivered_rows"] + detail["read_rows"]:
+                convention = "Delivered+Read"
+            elif summary["delivered"] == detail["delivered_rows"]:
+                convention = "Delivered"
+            else:
+                problems.append("delivered")
+        for name in ("pending", "failed"):
+            if summary[name] is not None and summary[name] != detail[f"{name}_rows"]:
+                problems.append(name)
+    elif summary["delivered"] is not None and summary["delivered"] != detail["delivered_rows"]:
+        problems.append("delivered")
+    return problems, convention
+
+
+def check_reconciliation(
+    con: duckdb.DuckDBPyConnection,
+    window: PartitionWindow,
+    refetch_summary: Callable[[], list] | None = None,
+) -> CheckOutcome:
+    """Compare each campaign's summary counts with its detail rows; re-fetch the summary once
+    (statuses move) before calling a mismatch."""
+    rows = con.execute(_DETAIL_COUNTS_SQL, {"day": window.day}).fetchall()
+    summaries, details = {}, {}
+    for r in rows:
+        summaries[r[0]] = {"channel": r[1], "total_recipients": r[2], "delivered": r[3], "read": r[4],
+                           "pending": r[5], "failed": r[6]}
+        details[r[0]] = {"rows": r[7], "delivered_rows": r[8], "read_rows": r[9], "pending_rows": r[10],
+                         "failed_rows": r[11]}
+    mismatches = {cid: _compare(summaries[cid], details[cid]) for cid in summaries}
+    mismatched = {cid: p for cid, (p, _) in mismatches.items() if p}
+    refetched = False
+    if mismatched and refetch_summary is not None:
+        refetched = True
+        fresh = {}
+        for record in refetch_summary():
+            try:
+                row = records.parse_campaign(record)
+            except records.RecordRejected:
+                continue
+            fresh[row["campaign_id"]] = row
+        for cid in list(mismatched):
+            if cid in fresh:
+                mismatches[cid] = _compare(fresh[cid], details[cid])
+                if not mismatches[cid][0]:
+                    del mismatched[cid]
+    conventions = [c for _, c in mismatches.values() if c]
+    held = sorted(set(conventions))
+    description = (
+        f"{len(mismatched)} of {len(summaries)} campaigns do not reconcile"
+        if mismatched else f"all {len(summaries)} campaigns reconcile"
+    )
+    if held:
+        description += f"; WhatsApp delivered convention: {' / '.join(held)}"
+    return CheckOutcome(
+        RECONCILIATION, passed=not mismatched, description=description,
+        metadata={
+            "campaigns": len(summaries),
+            "mismatching_campaign_ids": sorted(mismatched)[:MAX_IDS_IN_METADATA],
+            "mismatching_fields": {cid: fields for cid, fields in sorted(mismatched.items())[:MAX_IDS_IN_METADATA]},
+            "delivered_convention": held,
+            "summary_refetched": refetched,
+        },
+    )
+
+
+def check_schema_drift(stats: SplitStats) -> CheckOutcome:
+    """Warn with the names of unknown API fields (kept in the raw landing, ignored by the tables)."""
+    unknown = sorted(stats.unknown_fields)
+    return CheckOutcome(
+        SCHEMA_DRIFT, passed=not unknown, severity=WARN,
+        description=f"unknown fields: {', '.join(unknown)}" if unknown else "no unknown fields",
+        metadata={"unknown_fields": unknown},
+    )
+
+
+def check_rejected_ratio(
+    con: duckdb.DuckDBPyConnection, window: PartitionWindow, threshold: float = DEFAULT_REJECTED_RATIO_THRESHOLD
+) -> CheckOutcome:
+    """Warn when any record was rejected; fail when more than ``threshold`` of them were."""
+    rejected, loaded = con.execute(
+        "SELECT (SELECT count(*) FROM rejected_records WHERE partition_date = $day), "
+        "(SELECT count(*) FROM campaigns WHERE partition_date = $day) + "
+        "(SELECT count(*) FROM sms_messages WHERE partition_date = $day) + "
+        "(SELECT count(*) FROM whatsapp_messages WHERE partition_date = $day)",
+        {"day": window.day},
+    ).fetchone()
+    total = rejected + loaded
+    ratio = rejected / total if total else 0.0
+    reasons = dict(con.execute(
+        "SELECT reason, count(*) FROM rejected_records WHERE partition_date = ? GROUP BY reason ORDER BY reason",
+        [window.day],
+    ).fetchall())
+    failed = ratio > threshold
+    return CheckOutcome(
+        REJECTED_RATIO, passed=rejected == 0, severity=ERROR if failed else WARN,
+        description=f"{rejected} of {total} records rejected ({ratio:.2%}; threshold {threshold:.2%})",
+        metadata={"rejected": rejected, "records": total, "ratio": ratio, "threshold": threshold,
+                  "reasons": reasons},
+    )
+
+
+def evaluate_day(
+    con: duckdb.DuckDBPyConnection,
+    window: PartitionWindow,
+    stats: SplitStats,
+    refetch_summary: Callable[[], list] | None = None,
+    rejected_threshold: float = DEFAULT_REJECTED_RATIO_THRESHOLD,
+) -> list[CheckOutcome]:
+    """Every check of one partition, in :data:`ALL_CHECKS` order."""
+    outcomes = [check_unique_recipients(con, t.name, window) for t in schemas.MESSAGE_TABLES]
+    outcomes += [check_status_vocabulary(con, t.name, window) for t in schemas.MESSAGE_TABLES]
+    outcomes += [check_sent_at_in_window(con, t, window) for t in SENT_AT_IN_WINDOW]
+    outcomes.append(check_reconciliation(con, window, refetch_summary))
+    outcomes.append(check_schema_drift(stats))
+    outcomes.append(check_rejected_ratio(con, window, rejected_threshold))
+    return outcomes
