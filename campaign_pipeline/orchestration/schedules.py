@@ -13,7 +13,6 @@ def build_job_and_schedule(partitions: dg.DailyPartitionsDefinition):
     job = dg.define_asset_job(
         JOB_NAME,
         selection=dg.AssetSelection.all(),
-        partitions_def=partitions,
         description="Fetch, land, split and load CINNOX sent campaigns for the selected day(s).",
     )
     schedule = dg.build_schedule_from_partitioned_job(job, hour_of_day=1, minute_of_hour=0)
