@@ -1,4 +1,4 @@
-"""``campaign-pipeline``: backfill a date range, run the demo, serve the simulator.
+"""``campaign-pipeline``: backfill a date range, run the demo, report, serve the simulator.
 
 Exit codes: 0 success, 1 the run failed (reason printed), 2 bad input or configuration.
 """
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--days", type=int, default=7)
     demo.add_argument("--data-dir", default="data/demo")
     demo.set_defaults(func=cmd_demo)
+
+    from campaign_pipeline import report_cli
+
+    report_cli.register(sub)
 
     simulator = sub.add_parser("simulator", help="serve the CINNOX simulator (see --help of the simulator)",
                                add_help=False)

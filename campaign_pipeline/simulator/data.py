@@ -1,0 +1,1350 @@
+"""Deterministic synthetic CINNOX sent-campaign data, its API rendering and its ground truth (no HTTP).
+
+Everything here is a pure function of :class:`SimulatorConfig` and the instant ``now``:
+
+* campaigns are generated per UTC day from ``(seed, day)``;
+* each recipient message gets a fixed status *trajectory* (a list of ``(time, status)`` transitions that
+  starts at the campaign's sent time); the status served at ``now`` is the last transition at or
+  before ``now``, so a day's numbers keep moving for about three days;
+* :meth:`CinnoxSimulator.summary_records` / :meth:`CinnoxSimulator.detail_records` return records in
+  the API's JSON shape, and :meth:`CinnoxSimulator.render_summary_page` /
+  :meth:`CinnoxSimulator.render_detail_page` return the exact response bytes the HTTP server sends;
+* :meth:`CinnoxSimulator.ground_truth` returns the same data with canonical snake_case keys and
+  normalized Python values, computed from the internal model (not by parsing the JSON), so a
+  pipeline's output can be compared with it.
+
+This module imports nothing from the rest of ``campaign_pipeline``: it is an independent reading of
+``shared/reference/cinnox-api.md`` so that it can catch client bugs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import math
+import random
+import re
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import orjson
+
+__all__ = [
+    "ALL_FAULT_KINDS",
+    "ODD_RECORD_VARIANTS",
+    "PAGE_LIMIT_MAX",
+    "REJECT_REASON_KINDS",
+    "SMS",
+    "SMS_CARRIER_STATUS_BY_STATUS",
+    "SMS_STATUSES",
+    "UNKNOWN_STATUS",
+    "WHATSAPP",
+    "WHATSAPP_FAILED_REASONS",
+    "WHATSAPP_STATUSES",
+    "CinnoxSimulator",
+    "GroundTruth",
+    "SimulatorConfig",
+    "count_sms_segments",
+    "day_bounds_utc",
+    "format_timestamp",
+    "is_gsm7_text",
+    "parse_rfc3339",
+]
+
+# --------------------------------------------------------------------------------------------
+# Vocabulary
+# --------------------------------------------------------------------------------------------
+
+ALL_FAULT_KINDS: tuple[str, ...] = (
+    "429_retry_after",
+    "429_no_retry_after",
+    "500",
+    "502",
+    "503",
+    "reset",
+    "truncated",
+    "body_code_6451010",
+    "body_code_6451001",
+    "slow",
+)
+"""Every fault the HTTP server can inject; see ``server.py`` for what each one does."""
+
+SMS = "SMS"
+WHATSAPP = "WhatsApp"
+
+SMS_STATUSES: tuple[str, ...] = ("Submitted", "Delivered", "Undelivered", "Pending", "Failed")
+WHATSAPP_STATUSES: tuple[str, ...] = ("Delivered", "Read", "Pending", "Failed")
+UNKNOWN_STATUS = "Expired"
+"""A status outside the documented vocabularies; only served with ``odd_records=True``."""
+
+SMS_CARRIER_STATUS_BY_STATUS: dict[str, str] = {
+    "Delivered": "Delivered",
+    "Undelivered": "Undelivered",
+    "Submitted": "Queued",
+    "Pending": "",
+    "Failed": "",
+    UNKNOWN_STATUS: "",
+}
+"""``carrierNetworkStatus`` served for each SMS ``status`` ("" = the carrier never received it)."""
+
+WHATSAPP_FAILED_REASONS: tuple[str, ...] = (
+    "Error Code: 7061120 - 360Dialog bad request",
+    "Error Code: 7061123 360dialog unauthorized",
+    "Error Code: 7061124 - 360dialog forbidden",
+    "Error Code: 7061125 - 360dialog not found",
+    "Error Code: 3120410 - 360dialog whatsapp 24hr window error",
+    "Error Code: 7061121 - 360dialog internal server error",
+    "Error Code: 7061122 - 360dialog server timeout",
+    "Error Code: 7061126 - 360dialog unknown error",
+)
+"""WhatsApp ``failedReason`` values, spelled exactly as on the vendor page (7061123 has no dash there)."""
+
+REJECT_REASON_KINDS: tuple[str, ...] = ("missing_recipient", "missing_id", "bad_date")
+"""Kinds of untypeable detail records served with ``odd_records=True``."""
+
+ODD_RECORD_VARIANTS: tuple[str, ...] = (
+    "recipient_json_number",
+    "recipient_without_plus",
+    "num_sms_string",
+    "capitalized_last_updated_key",
+    "timestamp_without_millis",
+    "timestamp_with_offset",
+    "other_channel_fields_empty",
+    "other_channel_fields_null",
+    "status_lower_case",
+    "status_upper_case",
+    "unknown_extra_fields",
+    "unknown_status_expired",
+    "duplicate_recipient_older",
+    "bad_record",
+)
+"""Names of the encoding variants ``odd_records=True`` mixes into every campaign (documentation)."""
+
+PAGE_LIMIT_MAX = 500
+"""The documented maximum ``limit`` of one page."""
+
+_DAY_MS = 86_400_000
+_SETTLE_MS = 3 * _DAY_MS  # every trajectory is final at most ~3 days after the sent time
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MIN_DAY = date(1970, 1, 2)
+_MAX_DAY = date(2105, 12, 31)  # campaign ids carry the sent time as 32-bit seconds
+_OFFSET_MINUTES = 480  # "+08:00", used by the timestamp_with_offset variant
+
+# Flag bits of one message (the odd-record variants that apply to its rendering).
+_F_REC_NUMBER = 1 << 0
+_F_REC_NOPLUS = 1 << 1
+_F_NUMSMS_STR = 1 << 2
+_F_KEY_CAPITAL = 1 << 3
+_F_TS_NO_MS = 1 << 4
+_F_TS_OFFSET = 1 << 5
+_F_OTHER_EMPTY = 1 << 6
+_F_OTHER_NULL = 1 << 7
+_F_CASE_LOWER = 1 << 8
+_F_CASE_UPPER = 1 << 9
+_F_EXTRA = 1 << 10
+_F_EXPIRED = 1 << 11
+_F_DUPLICATE = 1 << 12
+_CONFLICTS = (
+    _F_REC_NUMBER | _F_REC_NOPLUS,
+    _F_OTHER_EMPTY | _F_OTHER_NULL,
+    _F_CASE_LOWER | _F_CASE_UPPER | _F_EXPIRED,
+)
+_SMS_FLAGS = (
+    _F_REC_NUMBER,
+    _F_REC_NOPLUS,
+    _F_NUMSMS_STR,
+    _F_KEY_CAPITAL,
+    _F_TS_NO_MS,
+    _F_TS_OFFSET,
+    _F_OTHER_EMPTY,
+    _F_OTHER_NULL,
+    _F_CASE_LOWER,
+    _F_CASE_UPPER,
+    _F_EXTRA,
+    _F_EXPIRED,
+    _F_DUPLICATE,
+)
+_WHATSAPP_FLAGS = tuple(f for f in _SMS_FLAGS if f != _F_NUMSMS_STR)
+
+# --------------------------------------------------------------------------------------------
+# Synthetic vocabularies
+# --------------------------------------------------------------------------------------------
+
+# (ISO alpha-2, weight, E.164 prefix choices, digits after the prefix)
+_COUNTRIES: tuple[tuple[str, float, tuple[str, ...], int], ...] = (
+    ("HK", 0.32, ("+8525", "+8526", "+8529"), 7),
+    ("SG", 0.15, ("+658", "+659"), 7),
+    ("US", 0.09, ("+1212", "+1310", "+1415", "+1646", "+1702", "+1917"), 7),
+    ("GB", 0.08, ("+447",), 9),
+    ("MY", 0.10, ("+6012", "+6013", "+6016", "+6017", "+6019"), 7),
+    ("PH", 0.09, ("+639",), 9),
+    ("TW", 0.10, ("+8869",), 8),
+    ("AU", 0.07, ("+614",), 8),
+)
+_COUNTRY_CUM_WEIGHTS: tuple[float, ...] = tuple(
+    sum(c[1] for c in _COUNTRIES[: i + 1]) for i in range(len(_COUNTRIES))
+)
+
+_STAFF: tuple[str, ...] = ("Alice Chan", "Ben Tan", "Carmen Lim", "David Wong", "Erin Santos", "Farid Ismail")
+
+_SMS_SENDERS: tuple[str, ...] = (
+    "+85230018888",  # virtual number
+    "+85230019999",  # virtual number
+    "+6531650000",  # service number
+    "+18005550199",  # service number
+    "ACMEBANK",  # alphanumeric sender id
+    "ACMEINFO",  # alphanumeric sender id
+)
+
+# (channel phone, channel name, template source)
+_WHATSAPP_CHANNELS: tuple[tuple[str, str, str], ...] = (
+    ("+85264501234", "ACME Hong Kong", "360dialog"),
+    ("+6588001234", "ACME Singapore", "360dialog"),
+    ("+60129876543", "ACME Malaysia", "360dialog"),
+)
+
+# (campaign theme, WhatsApp template name)
+_WHATSAPP_THEMES: tuple[tuple[str, str], ...] = (
+    ("Order Update", "order_update_v2"),
+    ("Appointment Reminder", "appointment_reminder"),
+    ("Payment Due Notice", "payment_due_notice"),
+    ("Seasonal Promotion", "seasonal_promo"),
+    ("Welcome Onboarding", "welcome_onboarding"),
+    ("Account Security Alert", "account_alert_v3"),
+)
+
+_EN_NAMES: tuple[str, ...] = (
+    "Alex",
+    "Priya",
+    "Wei Ming",
+    "Siti",
+    "Jose",
+    "Olivia",
+    "Christopher",
+    "Nurul Aisyah",
+    "Tom",
+    "Mei Ling",
+)
+_ZH_NAMES: tuple[str, ...] = ("陳先生", "李小姐", "黃先生", "張小姐", "林先生", "王太太")
+
+# (campaign theme, SMS template id); template ids index _sms_content below.
+_SMS_THEMES: tuple[tuple[str, int], ...] = (
+    ("Card Activation Reminder", 0),
+    ("Rewards Points Expiry", 1),
+    ("Branch Hours Update", 2),
+    ("Weekend Flash Sale", 3),
+    ("Card Activation Reminder (ZH)", 4),
+    ("Branch Hours Update (ZH)", 5),
+    ("Verification Code Notice", 6),
+)
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
+def _sms_content(template: int, rng: random.Random) -> str:
+    """Return one personalised SMS text for ``template`` (0-3, 6 English; 4-5 Chinese)."""
+    if template == 0:
+        return (
+            f"ACME Bank: Hi {rng.choice(_EN_NAMES)}, your card ending {rng.randrange(10000):04d} is now "
+            "active. Questions? Call 2233 4455."
+        )
+    if template == 1:
+        # Lengths straddle the 160-character single-SMS limit depending on name and points.
+        return (
+            f"ACME Rewards: Hi {rng.choice(_EN_NAMES)}, you have {rng.randrange(10, 250000)} points "
+            f"expiring on {rng.randrange(1, 29):02d}/{rng.randrange(1, 13):02d}. Redeem them now at "
+            "acme.example/rewards for up to 30% off dining. Reply STOP to opt out."
+        )
+    if template == 2:
+        return (
+            f"ACME Bank: Dear {rng.choice(_EN_NAMES)}, thank you for banking with us. From "
+            f"{rng.randrange(1, 29):02d}/{rng.randrange(1, 13):02d} our branches in Central and Causeway "
+            "Bay will open from 9am to 7pm on weekdays and 9am to 1pm on Saturdays. You can also manage "
+            "your accounts 24/7 in the ACME Mobile app, including card limits, bill payments and overseas "
+            f"spending alerts. Reference {rng.randrange(1000000):06d}. Reply STOP to opt out."
+        )
+    if template == 3:
+        # A curly apostrophe is not GSM-7: the whole message becomes Unicode.
+        return (
+            f"ACME: Don’t miss our weekend sale, {rng.choice(_EN_NAMES)}! Use code "
+            f"SALE{rng.randrange(1000):03d} for 15% off at acme.example/sale"
+        )
+    if template == 4:
+        return (
+            f"【ACME銀行】{rng.choice(_ZH_NAMES)}您好，您尾號{rng.randrange(10000):04d}的信用卡已成功啟用。"
+            "如有查詢請致電2233 4455。"
+        )
+    if template == 5:
+        return (
+            f"【ACME銀行】{rng.choice(_ZH_NAMES)}您好！由{rng.randrange(1, 13)}月{rng.randrange(1, 29)}日起，"
+            "本行中環及銅鑼灣分行的營業時間將更改為星期一至五上午九時至下午七時，星期六上午九時至下午一時。"
+            "您亦可隨時透過ACME流動應用程式管理賬戶、調整信用卡限額、繳付賬單及設定海外消費提示。"
+            f"參考編號：{rng.randrange(1000000):06d}。如欲取消訂閱，請回覆STOP。"
+        )
+    return f"Your ACME verification code is {rng.randrange(1000000):06d}. It expires in 5 minutes."
+
+
+# --------------------------------------------------------------------------------------------
+# Public helpers
+# --------------------------------------------------------------------------------------------
+
+_GSM7_BASIC = frozenset(
+    "@£$¥èéùìòÇ\nØø\rÅåΔ_ΦΓΛΩΠΨΣΘΞÆæßÉ !\"#¤%&'()*+,-./0123456789:;<=>?"
+    "¡ABCDEFGHIJKLMNOPQRSTUVWXYZÄÖÑÜ§¿abcdefghijklmnopqrstuvwxyzäöñüà"
+)
+_GSM7_EXTENSION = frozenset("^{}\\[~]|€\f")
+
+
+def is_gsm7_text(text: str) -> bool:
+    """Return True when every character of ``text`` is in the GSM 03.38 basic or extension table."""
+    return all(ch in _GSM7_BASIC or ch in _GSM7_EXTENSION for ch in text)
+
+
+def count_sms_segments(text: str) -> int:
+    """Return ``numSMS`` for ``text`` per CINNOX's "SMS Char Limit" rule.
+
+    GSM-7 ("English") text: up to 160 characters is 1 SMS, longer text is split into parts of 153.
+    Any other character makes the whole message Unicode: up to 70 characters is 1 SMS, else parts of
+    67. GSM extension characters (``^{}[]~|€\\``) count twice and Unicode length is counted in UTF-16
+    units, as handsets do; the generated content uses neither, so for it ``len(text)`` is exact.
+    Empty text is 1 SMS.
+    """
+    if is_gsm7_text(text):
+        length = sum(2 if ch in _GSM7_EXTENSION else 1 for ch in text)
+        single, part = 160, 153
+    else:
+        length = len(text.encode("utf-16-le")) // 2
+        single, part = 70, 67
+    if length <= single:
+        return 1
+    return math.ceil(length / part)
+
+
+def day_bounds_utc(day: date) -> tuple[datetime, datetime]:
+    """Return ``(start, end)`` of the UTC day ``day`` as aware datetimes: midnight and next midnight."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start, start + timedelta(days=1)
+
+
+def format_timestamp(epoch_ms: int, *, millis: bool = True, offset_minutes: int = 0) -> str:
+    """Format an epoch-millisecond instant as RFC3339, e.g. ``2024-05-01T20:00:00.000Z``.
+
+    ``millis=False`` drops the fraction (only exact for whole-second instants); a non-zero
+    ``offset_minutes`` writes the same instant in that offset, e.g. ``+08:00``.
+    """
+    local = _EPOCH + timedelta(milliseconds=epoch_ms + offset_minutes * 60_000)
+    text = (
+        f"{local.year:04d}-{local.month:02d}-{local.day:02d}T"
+        f"{local.hour:02d}:{local.minute:02d}:{local.second:02d}"
+    )
+    if millis:
+        text += f".{epoch_ms % 1000:03d}"
+    if offset_minutes == 0:
+        return text + "Z"
+    sign = "+" if offset_minutes > 0 else "-"
+    hours, minutes = divmod(abs(offset_minutes), 60)
+    return f"{text}{sign}{hours:02d}:{minutes:02d}"
+
+
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
+
+
+def parse_rfc3339(text: str) -> datetime:
+    """Parse a strict RFC3339 timestamp (offset required, optional fraction) into an aware datetime.
+
+    Raises ``ValueError`` for anything else (date-only, naive, a space instead of ``T``, ...).
+    """
+    match = _RFC3339.match(text)
+    if match is None:
+        raise ValueError(f"not an RFC3339 timestamp: {text!r}")
+    day_part, time_part, fraction, offset = match.groups()
+    iso = f"{day_part}T{time_part}"
+    if fraction:
+        iso += "." + fraction[:6].ljust(6, "0")
+    iso += "+00:00" if offset in ("Z", "z") else offset
+    return datetime.fromisoformat(iso)
+
+
+def _to_epoch_ms(moment: datetime) -> int:
+    """Return ``moment`` (aware) as integer epoch milliseconds, rounded down."""
+    if moment.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return (moment - _EPOCH) // timedelta(milliseconds=1)
+
+
+def _to_epoch_us(moment: datetime) -> int:
+    """Return ``moment`` (aware) as integer epoch microseconds."""
+    if moment.tzinfo is None:
+        raise ValueError("datetime must be timezone-aware")
+    return (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _from_epoch_ms(epoch_ms: int) -> datetime:
+    """Return epoch milliseconds as an aware UTC datetime."""
+    return _EPOCH + timedelta(milliseconds=epoch_ms)
+
+
+def _seed_int(*parts: object) -> int:
+    """Return a stable 64-bit integer from ``parts`` (independent of PYTHONHASHSEED)."""
+    digest = hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def _hex_digest(n_chars: int, *parts: object) -> str:
+    """Return ``n_chars`` stable lowercase hex characters derived from ``parts``."""
+    return hashlib.blake2b("|".join(map(str, parts)).encode(), digest_size=16).hexdigest()[:n_chars]
+
+
+def _staff_eid(name: str) -> str:
+    """Return a stable UUID-shaped staff EID for the staff member ``name``."""
+    h = _hex_digest(32, "staff", name)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def _log_uniform_ms(rng: random.Random, low_s: float, high_s: float) -> int:
+    """Return a delay in ms drawn log-uniformly between ``low_s`` and ``high_s`` seconds."""
+    return int(math.exp(rng.uniform(math.log(low_s), math.log(high_s))) * 1000)
+
+
+# --------------------------------------------------------------------------------------------
+# Config and ground truth
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """Everything that determines the simulated CINNOX account and how its server misbehaves.
+
+    Data: ``seed``, ``campaigns_per_day``, ``recipients_per_campaign`` (mean; sizes vary about
+    0.3x..1.7x, and with a mean >= 300 some campaigns are exactly 500/1000 rows), ``sms_share``,
+    ``now`` (aware; None = wall clock at each call), ``whatsapp_delivered_includes_read`` (the
+    summary's ``delivered`` convention for WhatsApp) and ``odd_records`` (mix encoding variants,
+    duplicates and untypeable rows into the detail data).
+    Server: ``app_id``, ``token``, ``fault_rate``/``fault_kinds``/``fault_seed``/``slow_seconds``
+    (random fault injection), ``down`` (every request answers 503) and ``rate_limit_per_min``.
+    """
+
+    seed: int = 7
+    app_id: str = "sim-app"
+    token: str = "sim-token"
+    campaigns_per_day: int = 8
+    recipients_per_campaign: int = 150
+    sms_share: float = 0.55
+    now: datetime | None = None
+    whatsapp_delivered_includes_read: bool = True
+    odd_records: bool = False
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = ALL_FAULT_KINDS
+    fault_seed: int = 1
+    slow_seconds: float = 2.0
+    down: bool = False
+    rate_limit_per_min: int | None = None
+
+    def __post_init__(self) -> None:
+        """Validate the values and normalise ``fault_kinds`` to a tuple."""
+        object.__setattr__(self, "fault_kinds", tuple(self.fault_kinds))
+        if self.campaigns_per_day < 0 or self.campaigns_per_day > 10_000:
+            raise ValueError("campaigns_per_day must be between 0 and 10000")
+        if self.recipients_per_campaign < 1:
+            raise ValueError("recipients_per_campaign must be >= 1")
+        if not 0.0 <= self.sms_share <= 1.0:
+            raise ValueError("sms_share must be within [0, 1]")
+        if not 0.0 <= self.fault_rate <= 1.0:
+            raise ValueError("fault_rate must be within [0, 1]")
+        unknown = [k for k in self.fault_kinds if k not in ALL_FAULT_KINDS]
+        if unknown:
+            raise ValueError(f"unknown fault kinds {unknown}; known: {ALL_FAULT_KINDS}")
+        if self.fault_rate > 0 and not self.fault_kinds:
+            raise ValueError("fault_rate > 0 needs at least one fault kind")
+        if self.now is not None and self.now.tzinfo is None:
+            raise ValueError("now must be timezone-aware")
+        if self.slow_seconds < 0:
+            raise ValueError("slow_seconds must be >= 0")
+        if self.rate_limit_per_min is not None and self.rate_limit_per_min < 1:
+            raise ValueError("rate_limit_per_min must be >= 1 or None")
+        if not self.app_id or "/" in self.app_id:
+            raise ValueError("app_id must be a non-empty path segment")
+
+
+@dataclass(frozen=True)
+class GroundTruth:
+    """What a correct pipeline must end up with for campaigns sent in ``[start, end)`` as of ``as_of``.
+
+    ``campaigns``: one dict per campaign (summary facts, counts at ``as_of``).
+    ``messages``: one dict per good, de-duplicated detail row (latest state wins).
+    ``rejected``: one dict per untypeable detail record (``odd_records=True`` only).
+    Keys are canonical snake_case; timestamps are aware UTC datetimes; fields that do not apply to
+    the channel are None.
+    """
+
+    campaigns: list[dict[str, Any]]
+    messages: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    as_of: datetime = field(default=_EPOCH)
+
+
+# --------------------------------------------------------------------------------------------
+# Internal model
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Campaign:
+    """Static facts of one campaign (cheap: generated for a whole day at once)."""
+
+    campaign_id: str
+    day: date
+    index: int
+    sent_ms: int
+    channel: str
+    campaign_name: str
+    created_by: str
+    sender_phone: str
+    sender_channel_name: str | None
+    sender_source_name: str | None
+    sender_eid: str | None
+    subject: str | None
+    size: int
+    sms_template: int
+    reply_rate: float
+    tag: str
+    summary_extra_fields: bool
+
+
+class _Message:
+    """One recipient's message: static content plus its full status trajectory."""
+
+    __slots__ = (
+        "content",
+        "country",
+        "failed_reason",
+        "flags",
+        "num_sms",
+        "recipient",
+        "replies",
+        "statuses",
+        "times",
+    )
+
+    def __init__(self, recipient: str, country: str, content: str | None, num_sms: int | None) -> None:
+        """Create a message with an empty trajectory (filled in by the generator)."""
+        self.recipient = recipient
+        self.country = country
+        self.content = content
+        self.num_sms = num_sms
+        self.times: tuple[int, ...] = ()
+        self.statuses: tuple[str, ...] = ()
+        self.failed_reason = ""
+        self.replies = False
+        self.flags = 0
+
+
+@dataclass(frozen=True, slots=True)
+class _BadRecord:
+    """An extra, untypeable detail record (odd_records only)."""
+
+    position: int  # inserted before message ``position`` (== size: at the end)
+    kind: str  # one of REJECT_REASON_KINDS
+    recipient: str
+    source_index: int  # message whose state/contents it copies
+
+
+@dataclass(slots=True)
+class _Body:
+    """A campaign's generated detail data."""
+
+    messages: list[_Message]
+    change_times: list[int]  # sorted distinct transition times after the sent time
+    bad_records: list[_BadRecord]
+
+
+@dataclass(slots=True)
+class _PrerenderedPages:
+    """Detail pages (limit 500) rendered at one data version of one campaign."""
+
+    sent_ms: int
+    change_times: list[int]
+    version: int
+    pages: dict[int, bytes]
+
+
+class _LRU:
+    """A small thread-safe least-recently-used mapping."""
+
+    _MISSING = object()
+
+    def __init__(self, maxsize: int) -> None:
+        """Create an empty cache holding at most ``maxsize`` entries."""
+        self._maxsize = maxsize
+        self._data: OrderedDict[Any, Any] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any) -> Any:
+        """Return the cached value or None."""
+        with self._lock:
+            value = self._data.get(key, self._MISSING)
+            if value is self._MISSING:
+                return None
+            self._data.move_to_end(key)
+            return value
+
+    def put(self, key: Any, value: Any) -> None:
+        """Store ``value`` and evict the oldest entries beyond the size limit."""
+        with self._lock:
+            self._data[key] = value
+            self._data.move_to_end(key)
+            while len(self._data) > self._maxsize:
+                self._data.popitem(last=False)
+
+
+# --------------------------------------------------------------------------------------------
+# The simulator
+# --------------------------------------------------------------------------------------------
+
+
+class CinnoxSimulator:
+    """Deterministic synthetic CINNOX account: campaigns, detail rows, API rendering, ground truth.
+
+    Thread-safe. Generated days and campaigns are cached (LRU); :meth:`prerender` keeps the exact
+    bytes of every detail page (limit 500) for a range of days so that benchmarks measure the client.
+    """
+
+    def __init__(self, config: SimulatorConfig | None = None) -> None:
+        """Create a simulator for ``config`` (default :class:`SimulatorConfig`)."""
+        self._config = config or SimulatorConfig()
+        self._days = _LRU(4096)
+        self._bodies = _LRU(160)
+        self._row_plans = _LRU(512)
+        self._counts = _LRU(8192)
+        self._pages = _LRU(1024)
+        self._prerendered: dict[str, _PrerenderedPages] = {}
+        self._prerender_lock = threading.Lock()
+        self._generate_lock = threading.Lock()
+        self._staff_eids = {name: _staff_eid(name) for name in _STAFF}
+
+    # ---------------------------------------------------------------- basics
+
+    @property
+    def config(self) -> SimulatorConfig:
+        """The configuration this simulator was built from."""
+        return self._config
+
+    def now_ms(self, now: datetime | None = None) -> int:
+        """Return the effective 'now' in epoch ms: ``now``, else ``config.now``, else the wall clock."""
+        if now is not None:
+            return _to_epoch_ms(now)
+        if self._config.now is not None:
+            return _to_epoch_ms(self._config.now)
+        return time.time_ns() // 1_000_000
+
+    # ---------------------------------------------------------------- campaigns of a day
+
+    def _day_campaigns(self, day: date) -> list[_Campaign]:
+        """Return the campaigns sent on UTC ``day`` in sent-time order (cached)."""
+        cached = self._days.get(day)
+        if cached is not None:
+            return cached
+        campaigns = self._generate_day(day)
+        self._days.put(day, campaigns)
+        return campaigns
+
+    def _generate_day(self, day: date) -> list[_Campaign]:
+        """Generate the campaigns of ``day`` from ``(seed, day)``."""
+        cfg = self._config
+        n = cfg.campaigns_per_day
+        if n == 0 or not _MIN_DAY <= day <= _MAX_DAY:
+            return []
+        iso = day.isoformat()
+        rng = random.Random(_seed_int(cfg.seed, "day", iso))
+        day_start_ms = _to_epoch_ms(day_bounds_utc(day)[0])
+        slot_s = 86_400 / n
+        sent_seconds = [int(i * slot_s + rng.random() * slot_s) for i in range(n)]
+        if _seed_int(cfg.seed, "midnight", iso) % 3 == 0:
+            sent_seconds[0] = 0  # a campaign exactly on the window edge
+        sent_seconds = [min(max(s, 0), 86_399) for s in sent_seconds]
+        channels = [SMS if rng.random() < cfg.sms_share else WHATSAPP for _ in range(n)]
+        if n >= 2 and 0.0 < cfg.sms_share < 1.0 and len(set(channels)) == 1:
+            channels[-1] = WHATSAPP if channels[-1] == SMS else SMS
+        mean = cfg.recipients_per_campaign
+        sizes = []
+        for _ in range(n):
+            size = max(1, round(mean * rng.uniform(0.3, 1.7)))
+            if mean >= 300 and rng.random() < 0.12:
+                size = max(500, round(size / 500) * 500)  # exactly on a page boundary
+            sizes.append(size)
+        ordinal = day.toordinal()
+        if mean >= 300 and ordinal % 7 == 3:
+            sizes[-1] = 500  # one campaign a week fills exactly one page
+        if mean >= 400 and ordinal % 7 == 5:
+            sizes[0] = max(sizes[0], round(mean * 1.5), 501)  # one a week needs several pages
+        campaigns = []
+        for i in range(n):
+            sent_ms = day_start_ms + sent_seconds[i] * 1000
+            campaign_id = f"{sent_ms // 1000:08x}{_hex_digest(12, cfg.seed, 'campaign', iso, i)}{i:04x}"
+            staff = rng.choice(_STAFF)
+            label = f"{_MONTHS[day.month - 1]} {day.day:02d}"
+            if channels[i] == SMS:
+                theme, template = rng.choice(_SMS_THEMES)
+                phone = rng.choice(_SMS_SENDERS)
+                channel_name = source_name = subject = None
+                eid: str | None = self._staff_eids[staff]
+            else:
+                theme, subject = rng.choice(_WHATSAPP_THEMES)
+                phone, channel_name, source_name = rng.choice(_WHATSAPP_CHANNELS)
+                template, eid = -1, None
+            reply_rate = rng.uniform(0.02, 0.25)
+            campaigns.append(
+                _Campaign(
+                    campaign_id=campaign_id,
+                    day=day,
+                    index=i,
+                    sent_ms=sent_ms,
+                    channel=channels[i],
+                    campaign_name=f"{theme} {label} #{i + 1}",
+                    created_by=staff,
+                    sender_phone=phone,
+                    sender_channel_name=channel_name,
+                    sender_source_name=source_name,
+                    sender_eid=eid,
+                    subject=subject,
+                    size=sizes[i],
+                    sms_template=template,
+                    reply_rate=reply_rate,
+                    tag=rng.choice(("retention", "promo", "service", "compliance")),
+                    summary_extra_fields=(i % 3 == 1) or rng.random() < 0.2,
+                )
+            )
+        campaigns.sort(key=lambda c: (c.sent_ms, c.campaign_id))
+        return campaigns
+
+    def _campaign_by_id(self, history_id: str) -> _Campaign | None:
+        """Return the campaign with id ``history_id`` (ids encode their day and index), or None."""
+        if not isinstance(history_id, str) or not re.fullmatch(r"[0-9a-f]{24}", history_id):
+            return None
+        seconds = int(history_id[:8], 16)
+        index = int(history_id[20:], 16)
+        day = _from_epoch_ms(seconds * 1000).date()
+        for campaign in self._day_campaigns(day):
+            if campaign.index == index and campaign.campaign_id == history_id:
+                return campaign
+        return None
+
+    def _campaigns_between(
+        self, start_us: int, end_us: int, now_ms: int, *, end_inclusive: bool
+    ) -> list[_Campaign]:
+        """Return campaigns with ``start <= sent <= end`` (or ``< end``) and sent <= now, sorted."""
+        last_us = min(end_us, now_ms * 1000)
+        if last_us < start_us:
+            return []
+        first_day = max(_from_epoch_ms(start_us // 1000).date(), _MIN_DAY)
+        last_day = min(_from_epoch_ms(last_us // 1000).date(), _MAX_DAY)
+        found = []
+        day = first_day
+        while day <= last_day:
+            for campaign in self._day_campaigns(day):
+                sent_us = campaign.sent_ms * 1000
+                if sent_us < start_us or sent_us > now_ms * 1000:
+                    continue
+                if sent_us > end_us or (not end_inclusive and sent_us == end_us):
+                    continue
+                found.append(campaign)
+            day += timedelta(days=1)
+        found.sort(key=lambda c: (c.sent_ms, c.campaign_id))
+        return found
+
+    # ---------------------------------------------------------------- detail generation
+
+    def _body(self, campaign: _Campaign) -> _Body:
+        """Return the generated detail data of ``campaign`` (cached; generated once at a time)."""
+        body = self._bodies.get(campaign.campaign_id)
+        if body is not None:
+            return body
+        with self._generate_lock:
+            body = self._bodies.get(campaign.campaign_id)
+            if body is None:
+                body = self._generate_body(campaign)
+                self._bodies.put(campaign.campaign_id, body)
+        return body
+
+    def _generate_body(self, campaign: _Campaign) -> _Body:
+        """Generate recipients, contents and status trajectories of ``campaign``."""
+        cfg = self._config
+        rng = random.Random(_seed_int(cfg.seed, "body", campaign.campaign_id))
+        is_sms = campaign.channel == SMS
+        pool = _SMS_FLAGS if is_sms else _WHATSAPP_FLAGS
+        used: set[str] = set()
+        messages: list[_Message] = []
+        for _ in range(campaign.size):
+            recipient, country = self._new_recipient(rng, used)
+            if is_sms:
+                content: str | None = _sms_content(campaign.sms_template, rng)
+                num_sms: int | None = count_sms_segments(content)
+            else:
+                content = num_sms = None
+            message = _Message(recipient, country, content, num_sms)
+            if rng.random() < 0.12:
+                message.flags = _add_flag(0, pool[rng.randrange(len(pool))])
+                if rng.random() < 0.3:
+                    message.flags = _add_flag(message.flags, pool[rng.randrange(len(pool))])
+            if is_sms:
+                self._sms_trajectory(rng, campaign.sent_ms, message)
+            else:
+                self._whatsapp_trajectory(rng, campaign, message)
+            messages.append(message)
+        self._cover_variants(campaign, messages, pool)
+        if cfg.odd_records:
+            for row, message in enumerate(messages):
+                if message.flags & _F_EXPIRED:
+                    self._expired_trajectory(campaign, row, message)
+        change_times: set[int] = set()
+        for message in messages:
+            if message.flags & _F_TS_NO_MS:
+                message.times = tuple(-(-t // 1000) * 1000 for t in message.times)
+            change_times.update(message.times[1:])
+        bad_records = self._bad_records(campaign, used) if cfg.odd_records else []
+        return _Body(messages, sorted(change_times), bad_records)
+
+    @staticmethod
+    def _new_recipient(rng: random.Random, used: set[str]) -> tuple[str, str]:
+        """Draw a plausible E.164 number not yet in ``used``; return ``(number, country)``."""
+        while True:
+            pick = bisect.bisect_left(_COUNTRY_CUM_WEIGHTS, rng.random() * _COUNTRY_CUM_WEIGHTS[-1])
+            country, _, prefixes, n_digits = _COUNTRIES[min(pick, len(_COUNTRIES) - 1)]
+            prefix = prefixes[rng.randrange(len(prefixes))]
+            if country == "US":
+                digits = f"{rng.randrange(2, 10)}{rng.randrange(10 ** (n_digits - 1)):0{n_digits - 1}d}"
+            else:
+                digits = f"{rng.randrange(10**n_digits):0{n_digits}d}"
+            number = prefix + digits
+            if number not in used:
+                used.add(number)
+                return number, country
+
+    @staticmethod
+    def _finish_trajectory(message: _Message, times: list[int], statuses: list[str]) -> None:
+        """Cap a trajectory at ~3 days after sending, make it strictly increasing and store it."""
+        cap = times[0] + _SETTLE_MS
+        last = len(times) - 1
+        for k in range(last, 0, -1):
+            times[k] = min(times[k], cap - (last - k) * 1000)
+        for k in range(1, len(times)):
+            times[k] = max(times[k], times[k - 1] + 1000)
+        message.times = tuple(times)
+        message.statuses = tuple(statuses)
+
+    def _sms_trajectory(self, rng: random.Random, sent_ms: int, message: _Message) -> None:
+        """Give an SMS message its trajectory: mostly Pending -> Submitted -> Delivered."""
+        outcome = rng.random()
+        if outcome < 0.03:
+            self._finish_trajectory(message, [sent_ms], ["Pending"])
+            return
+        if outcome < 0.06:
+            failed_at = sent_ms + _log_uniform_ms(rng, 1, 600)
+            self._finish_trajectory(message, [sent_ms, failed_at], ["Pending", "Failed"])
+            return
+        submitted_at = sent_ms + _log_uniform_ms(rng, 1, 90)
+        if outcome < 0.09:
+            self._finish_trajectory(message, [sent_ms, submitted_at], ["Pending", "Submitted"])
+            return
+        final = "Undelivered" if outcome < 0.14 else "Delivered"
+        final_at = submitted_at + _log_uniform_ms(rng, 2, 3 * 86_400)
+        self._finish_trajectory(message, [sent_ms, submitted_at, final_at], ["Pending", "Submitted", final])
+
+    def _whatsapp_trajectory(self, rng: random.Random, campaign: _Campaign, message: _Message) -> None:
+        """Give a WhatsApp message its trajectory: mostly Pending -> Delivered -> Read."""
+        sent_ms = campaign.sent_ms
+        outcome = rng.random()
+        replies = rng.random() < campaign.reply_rate
+        if outcome < 0.06:
+            self._finish_trajectory(message, [sent_ms], ["Pending"])
+        elif outcome < 0.14:
+            pick = rng.random()
+            if pick < 0.35:
+                reason = WHATSAPP_FAILED_REASONS[4]  # 24hr window: the common one
+            elif pick < 0.55:
+                reason = WHATSAPP_FAILED_REASONS[0]
+            else:
+                reason = WHATSAPP_FAILED_REASONS[rng.randrange(len(WHATSAPP_FAILED_REASONS))]
+            message.failed_reason = reason
+            failed_at = sent_ms + _log_uniform_ms(rng, 1, 3600)
+            self._finish_trajectory(message, [sent_ms, failed_at], ["Pending", "Failed"])
+        elif outcome < 0.44:
+            delivered_at = sent_ms + _log_uniform_ms(rng, 1, 3 * 86_400)
+            self._finish_trajectory(message, [sent_ms, delivered_at], ["Pending", "Delivered"])
+        else:
+            delivered_at = sent_ms + _log_uniform_ms(rng, 1, 86_400)
+            read_at = delivered_at + _log_uniform_ms(rng, 5, 3 * 86_400)
+            self._finish_trajectory(
+                message, [sent_ms, delivered_at, read_at], ["Pending", "Delivered", "Read"]
+            )
+            message.replies = replies
+
+    def _expired_trajectory(self, campaign: _Campaign, row: int, message: _Message) -> None:
+        """Replace a flagged message's trajectory by one ending in the unknown status "Expired"."""
+        rng = random.Random(_seed_int(self._config.seed, "expired", campaign.campaign_id, row))
+        sent_ms = campaign.sent_ms
+        expired_at = sent_ms + _log_uniform_ms(rng, 60, 7200)
+        message.failed_reason = ""
+        message.replies = False
+        if campaign.channel == SMS:
+            submitted_at = sent_ms + _log_uniform_ms(rng, 1, 30)
+            self._finish_trajectory(
+                message,
+                [sent_ms, submitted_at, expired_at + 30_000],
+                ["Pending", "Submitted", UNKNOWN_STATUS],
+            )
+        else:
+            self._finish_trajectory(message, [sent_ms, expired_at], ["Pending", UNKNOWN_STATUS])
+
+    def _cover_variants(self, campaign: _Campaign, messages: list[_Message], pool: tuple[int, ...]) -> None:
+        """Make sure every odd-record variant occurs at least once in the campaign (when it fits)."""
+        rng = random.Random(_seed_int(self._config.seed, "cover", campaign.campaign_id))
+        is_sms = campaign.channel == SMS
+        for flag in pool:
+            if any(m.flags & flag for m in messages):
+                continue
+            candidates = []
+            for row, message in enumerate(messages):
+                if _add_flag(message.flags, flag) == message.flags:
+                    continue  # conflicts with a flag it already has
+                final = message.statuses[-1]
+                if flag == _F_CASE_LOWER and final != "Delivered":
+                    continue
+                if flag == _F_CASE_UPPER and final != ("Delivered" if is_sms else "Read"):
+                    continue
+                if flag == _F_DUPLICATE and len(message.times) < 2:
+                    continue
+                candidates.append(row)
+            if candidates:
+                fresh = [row for row in candidates if messages[row].flags == 0] or candidates
+                row = fresh[rng.randrange(len(fresh))]
+                messages[row].flags |= flag
+
+    def _bad_records(self, campaign: _Campaign, used: set[str]) -> list[_BadRecord]:
+        """Draw the campaign's untypeable extra records (odd_records only)."""
+        rng = random.Random(_seed_int(self._config.seed, "bad", campaign.campaign_id))
+        kinds = [REJECT_REASON_KINDS[(campaign.index + campaign.day.toordinal()) % 3]]
+        if rng.random() < 0.3:
+            kinds.append(REJECT_REASON_KINDS[rng.randrange(3)])
+        records = []
+        for kind in kinds:
+            recipient, _ = self._new_recipient(rng, used)
+            records.append(
+                _BadRecord(
+                    position=rng.randrange(campaign.size + 1),
+                    kind=kind,
+                    recipient=recipient,
+                    source_index=rng.randrange(campaign.size),
+                )
+            )
+        records.sort(key=lambda r: r.position)
+        return records
+
+    # ---------------------------------------------------------------- state at now
+
+    @staticmethod
+    def _version(body: _Body, now_ms: int) -> int:
+        """Return the data version of a campaign at ``now_ms``: the number of changes so far."""
+        return bisect.bisect_right(body.change_times, now_ms)
+
+    def _row_plan(self, campaign: _Campaign, body: _Body, now_ms: int) -> list[tuple[int, int, int]]:
+        """Return the ordered detail rows at ``now_ms`` as ``(kind, index, state)`` tuples.
+
+        kind 0 = a message at trajectory state ``state``; 1 = its older duplicate; 2 = bad record
+        ``index`` copying its source message at ``state``.
+        """
+        version = self._version(body, now_ms)
+        key = (campaign.campaign_id, version)
+        plan = self._row_plans.get(key)
+        if plan is not None:
+            return plan
+        odd = self._config.odd_records
+        bad_at: dict[int, list[int]] = {}
+        for j, bad in enumerate(body.bad_records):
+            bad_at.setdefault(bad.position, []).append(j)
+        messages = body.messages
+        plan = []
+        for i, message in enumerate(messages):
+            for j in bad_at.get(i, ()):
+                source = messages[body.bad_records[j].source_index]
+                plan.append((2, j, bisect.bisect_right(source.times, now_ms) - 1))
+            state = bisect.bisect_right(message.times, now_ms) - 1
+            if odd and message.flags & _F_DUPLICATE and state >= 1:
+                if i % 2 == 0:
+                    plan.extend(((1, i, state - 1), (0, i, state)))
+                else:
+                    plan.extend(((0, i, state), (1, i, state - 1)))
+            else:
+                plan.append((0, i, state))
+        for j in bad_at.get(len(messages), ()):
+            source = messages[body.bad_records[j].source_index]
+            plan.append((2, j, bisect.bisect_right(source.times, now_ms) - 1))
+        self._row_plans.put(key, plan)
+        return plan
+
+    def _status_counts(self, campaign: _Campaign, body: _Body, now_ms: int) -> dict[str, int]:
+        """Return the summary counts of ``campaign`` at ``now_ms`` from its good, de-duplicated rows."""
+        key = (campaign.campaign_id, self._version(body, now_ms))
+        counts = self._counts.get(key)
+        if counts is not None:
+            return counts
+        tally = {"Delivered": 0, "Read": 0, "Pending": 0, "Failed": 0, "replied": 0}
+        for message in body.messages:
+            status = message.statuses[bisect.bisect_right(message.times, now_ms) - 1]
+            if status in tally:
+                tally[status] += 1
+            if status == "Read" and message.replies:
+                tally["replied"] += 1
+        if campaign.channel == SMS:
+            counts = {"totalRecipients": len(body.messages), "delivered": tally["Delivered"]}
+        else:
+            delivered = tally["Delivered"]
+            if self._config.whatsapp_delivered_includes_read:
+                delivered += tally["Read"]
+            counts = {
+                "totalRecipients": len(body.messages),
+                "delivered": delivered,
+                "read": tally["Read"],
+                "replied": tally["replied"],
+                "pending": tally["Pending"],
+                "failed": tally["Failed"],
+            }
+        self._counts.put(key, counts)
+        return counts
+
+    # ---------------------------------------------------------------- API rendering
+
+    def _summary_record(self, campaign: _Campaign, now_ms: int) -> dict[str, Any]:
+        """Render one summary record (API shape) at ``now_ms``."""
+        counts = self._status_counts(campaign, self._body(campaign), now_ms)
+        if campaign.channel == SMS:
+            sender = {"phone": campaign.sender_phone, "senderEID": campaign.sender_eid}
+        else:
+            sender = {
+                "phone": campaign.sender_phone,
+                "channelName": campaign.sender_channel_name,
+                "sourceName": campaign.sender_source_name,
+            }
+        record: dict[str, Any] = {
+            "id": campaign.campaign_id,
+            "date": format_timestamp(campaign.sent_ms),
+            "campaignName": campaign.campaign_name,
+            "channel": campaign.channel,
+            "createdBy": campaign.created_by,
+            "sender": sender,
+        }
+        if campaign.channel == WHATSAPP:
+            record["subject"] = campaign.subject
+        record.update(counts)
+        if self._config.odd_records and campaign.summary_extra_fields:
+            record["campaignTag"] = campaign.tag
+            record["priority"] = "high" if campaign.index % 2 else "normal"
+        return record
+
+    def _detail_record(self, campaign: _Campaign, body: _Body, entry: tuple[int, int, int]) -> dict[str, Any]:
+        """Render one detail row (API shape) from a row-plan entry."""
+        kind, index, state = entry
+        if kind == 2:
+            bad = body.bad_records[index]
+            record = self._render_message(campaign, body.messages[bad.source_index], state, 0)
+            record["recipient"] = bad.recipient
+            if bad.kind == "missing_recipient":
+                del record["recipient"]
+            elif bad.kind == "missing_id":
+                del record["id"]
+            else:
+                record["date"] = "not-a-date"
+            return record
+        message = body.messages[index]
+        flags = message.flags if self._config.odd_records else 0
+        return self._render_message(campaign, message, state, flags)
+
+    @staticmethod
+    def _render_message(campaign: _Campaign, message: _Message, state: int, flags: int) -> dict[str, Any]:
+        """Render ``message`` at trajectory ``state`` with the encoding variants in ``flags``."""
+        is_sms = campaign.channel == SMS
+        status = message.statuses[state]
+        updated_ms = message.times[state]
+        no_ms = bool(flags & _F_TS_NO_MS)
+        offset = _OFFSET_MINUTES if flags & _F_TS_OFFSET else 0
+        other: Any = _ABSENT
+        if flags & _F_OTHER_EMPTY:
+            other = ""
+        elif flags & _F_OTHER_NULL:
+            other = None
+        if flags & _F_REC_NUMBER:
+            recipient: Any = int(message.recipient[1:])
+        elif flags & _F_REC_NOPLUS:
+            recipient = message.recipient[1:]
+        else:
+            recipient = message.recipient
+        if is_sms:
+            sender: dict[str, Any] = {"phone": campaign.sender_phone}
+            if other is not _ABSENT:
+                sender["channelName"] = other
+                sender["sourceName"] = other
+            sender["senderEID"] = campaign.sender_eid
+        else:
+            sender = {
+                "phone": campaign.sender_phone,
+                "channelName": campaign.sender_channel_name,
+                "sourceName": campaign.sender_source_name,
+            }
+            if other is not _ABSENT:
+                sender["senderEID"] = other
+        record: dict[str, Any] = {
+            "id": campaign.campaign_id,
+            "date": format_timestamp(campaign.sent_ms, millis=not no_ms, offset_minutes=offset),
+            "sender": sender,
+            "recipient": recipient,
+        }
+        if is_sms:
+            record["recipientCountry"] = message.country
+        elif other is not _ABSENT:
+            record["recipientCountry"] = other
+        if not is_sms:
+            record["subject"] = campaign.subject
+        elif other is not _ABSENT:
+            record["subject"] = other
+        if is_sms:
+            record["content"] = message.content
+            record["numSMS"] = str(message.num_sms) if flags & _F_NUMSMS_STR else message.num_sms
+        elif other is not _ABSENT:
+            record["content"] = other
+            record["numSMS"] = other
+        if flags & _F_CASE_LOWER:
+            record["status"] = status.lower()
+        elif flags & _F_CASE_UPPER:
+            record["status"] = status.upper()
+        else:
+            record["status"] = status
+        if is_sms:
+            record["carrierNetworkStatus"] = SMS_CARRIER_STATUS_BY_STATUS[status]
+        elif other is not _ABSENT:
+            record["carrierNetworkStatus"] = other
+        if not is_sms:
+            record["failedReason"] = message.failed_reason if status == "Failed" else ""
+        elif other is not _ABSENT:
+            record["failedReason"] = other
+        key = "LastUpdatedDateTime" if flags & _F_KEY_CAPITAL else "lastUpdatedDateTime"
+        record[key] = format_timestamp(
+            updated_ms, millis=not (no_ms and updated_ms % 1000 == 0), offset_minutes=offset
+        )
+        if flags & _F_EXTRA:
+            record["campaignTag"] = campaign.tag
+            record["priority"] = "normal"
+        return record
+
+    def summary_records(
+        self, start_at: datetime, end_at: datetime, now: datetime | None = None
+    ) -> list[dict[str, Any]]:
+        """Return summary records (API shape) with ``start_at <= date <= end_at`` (both inclusive).
+
+        Sorted by ``(date, id)``; campaigns sent after ``now`` are never returned.
+        """
+        now_ms = self.now_ms(now)
+        campaigns = self._campaigns_between(
+            _to_epoch_us(start_at), _to_epoch_us(end_at), now_ms, end_inclusive=True
+        )
+        return [self._summary_record(c, now_ms) for c in campaigns]
+
+    def detail_records(self, history_id: str, now: datetime | None = None) -> list[dict[str, Any]]:
+        """Return every detail record (API shape) of campaign ``history_id`` in the stable page order.
+
+        An unknown id, or a campaign sent after ``now``, gives ``[]``.
+        """
+        now_ms = self.now_ms(now)
+        campaign = self._campaign_by_id(history_id)
+        if campaign is None or campaign.sent_ms > now_ms:
+            return []
+        body = self._body(campaign)
+        return [self._detail_record(campaign, body, e) for e in self._row_plan(campaign, body, now_ms)]
+
+    def _cid(self, *parts: object) -> str:
+        """Return the envelope's ``cid``: random-looking but a pure function of the request."""
+        return _hex_digest(24, self._config.seed, "cid", *parts)
+
+    def _envelope(self, records: list[dict[str, Any]], cid: str) -> bytes:
+        """Serialise a success envelope."""
+        return orjson.dumps({"code": 0, "result": records, "cid": cid})
+
+    def render_summary_page(
+        self,
+        start_at: datetime,
+        end_at: datetime,
+        offset: int = 0,
+        limit: int = 50,
+        now: datetime | None = None,
+    ) -> bytes:
+        """Return the exact success response body of one summary page (no parameter validation)."""
+        now_ms = self.now_ms(now)
+        campaigns = self._campaigns_between(
+            _to_epoch_us(start_at), _to_epoch_us(end_at), now_ms, end_inclusive=True
+        )
+        page = campaigns[offset : offset + limit]
+        records = [self._summary_record(c, now_ms) for c in page]
+        cid = self._cid("summary", _to_epoch_us(start_at), _to_epoch_us(end_at), offset, limit)
+        return self._envelope(records, cid)
+
+    def render_detail_page(
+        self, history_id: str, offset: int = 0, limit: int = 50, now: datetime | None = None
+    ) -> bytes:
+        """Return the exact success response body of one detail page (no parameter validation).
+
+        Pages pre-rendered by :meth:`prerender` are served from memory while the campaign's data
+        has not changed since.
+        """
+        now_ms = self.now_ms(now)
+        cid = self._cid("detail", history_id, offset, limit)
+        if limit == PAGE_LIMIT_MAX and offset % PAGE_LIMIT_MAX == 0:
+            stored = self._prerendered.get(history_id)
+            if (
+                stored is not None
+                and stored.sent_ms <= now_ms
+                and bisect.bisect_right(stored.change_times, now_ms) == stored.version
+                and offset in stored.pages
+            ):
+                return stored.pages[offset]
+        campaign = self._campaign_by_id(history_id)
+        if campaign is None or campaign.sent_ms > now_ms:
+            return self._envelope([], cid)
+        body = self._body(campaign)
+        key = (history_id, self._version(body, now_ms), offset, limit)
+        page_bytes = self._pages.get(key)
+        if page_bytes is None:
+            plan = self._row_plan(campaign, body, now_ms)
+            records = [self._detail_record(campaign, body, e) for e in plan[offset : offset + limit]]
+            page_bytes = self._envelope(records, cid)
+            self._pages.put(key, page_bytes)
+        return page_bytes
+
+    def prerender(self, start_day: date, end_day: date, now: datetime | None = None) -> int:
+        """Pre-render every detail page (limit 500; offsets 0, 500, ...) of days ``start_day..end_day``.
+
+        Both days are inclusive. The final page is included even when empty (a campaign of exactly
+        500 rows has pages at offsets 0 and 500). Returns the number of pages rendered.
+        """
+        now_ms = self.now_ms(now)
+        n_pages = 0
+        day = start_day
+        while day <= end_day:
+            for campaign in self._day_campaigns(day):
+                if campaign.sent_ms > now_ms:
+                    continue
+                body = self._body(campaign)
+                plan = self._row_plan(campaign, body, now_ms)
+                pages = {}
+                for offset in range(0, len(plan) + 1, PAGE_LIMIT_MAX):
+                    records = [
+                        self._detail_record(campaign, body, e) for e in plan[offset : offset + PAGE_LIMIT_MAX]
+                    ]
+                    pages[offset] = self._envelope(
+                        records, self._cid("detail", campaign.campaign_id, offset, PAGE_LIMIT_MAX)
+                    )
+                with self._prerender_lock:
+                    self._prerendered[campaign.campaign_id] = _PrerenderedPages(
+                        sent_ms=campaign.sent_ms,
+                        change_times=body.change_times,
+                        version=self._version(body, now_ms),
+                        pages=pages,
+                    )
+                n_pages += len(pages)
+            day += timedelta(days=1)
+        return n_pages
+
+    # ---------------------------------------------------------------- ground truth
+
+    def ground_truth(
+        self, start_utc: datetime, end_utc: datetime, now: datetime | None = None
+    ) -> GroundTruth:
+        """Return the canonical truth for campaigns with ``start_utc <= sent_at < end_utc`` (half-open).
+
+        Computed from the internal model at ``now`` (default ``config.now``, else the wall clock);
+        campaigns sent after ``now`` are excluded.
+        """
+        now_ms = self.now_ms(now)
+        campaigns = self._campaigns_between(
+            _to_epoch_us(start_utc), _to_epoch_us(end_utc), now_ms, end_inclusive=False
+        )
+        truth_campaigns: list[dict[str, Any]] = []
+        truth_messages: list[dict[str, Any]] = []
+        rejected: list[dict[str, Any]] = []
+        for campaign in campaigns:
+            body = self._body(campaign)
+            counts = self._status_counts(campaign, body, now_ms)
+            is_sms = campaign.channel == SMS
+            sent_at = _from_epoch_ms(campaign.sent_ms)
+            truth_campaigns.append(
+                {
+                    "campaign_id": campaign.campaign_id,
+                    "sent_at": sent_at,
+                    "channel": campaign.channel,
+                    "campaign_name": campaign.campaign_name,
+                    "created_by": campaign.created_by,
+                    "sender_phone": campaign.sender_phone,
+                    "sender_channel_name": campaign.sender_channel_name,
+                    "sender_source_name": campaign.sender_source_name,
+                    "sender_eid": campaign.sender_eid,
+                    "subject": campaign.subject,
+                    "total_recipients": counts["totalRecipients"],
+                    "delivered": counts["delivered"],
+                    "read": counts.get("read"),
+                    "replied": counts.get("replied"),
+                    "pending": counts.get("pending"),
+                    "failed": counts.get("failed"),
+                }
+            )
+            for message in body.messages:
+                state = bisect.bisect_right(message.times, now_ms) - 1
+                status = message.statuses[state]
+                carrier = SMS_CARRIER_STATUS_BY_STATUS[status] if is_sms else ""
+                failed_reason = message.failed_reason if (not is_sms and status == "Failed") else ""
+                truth_messages.append(
+                    {
+                        "campaign_id": campaign.campaign_id,
+                        "recipient": message.recipient,
+                        "channel": campaign.channel,
+                        "sent_at": sent_at,
+                        "sender_phone": campaign.sender_phone,
+                        "sender_eid": campaign.sender_eid,
+                        "sender_channel_name": campaign.sender_channel_name,
+                        "sender_source_name": campaign.sender_source_name,
+                        "recipient_country": message.country if is_sms else None,
+                        "content": message.content,
+                        "num_sms": message.num_sms,
+                        "subject": campaign.subject,
+                        "status": status,
+                        "carrier_network_status": carrier or None,
+                        "failed_reason": failed_reason or None,
+                        "last_updated_at": _from_epoch_ms(message.times[state]),
+                    }
+                )
+            for bad in body.bad_records:
+                rejected.append(
+                    {
+                        "campaign_id": None if bad.kind == "missing_id" else campaign.campaign_id,
+                        "channel": campaign.channel,
+                        "reason_kind": bad.kind,
+                    }
+                )
+        return GroundTruth(
+            campaigns=truth_campaigns,
+            messages=truth_messages,
+            rejected=rejected,
+            as_of=_from_epoch_ms(now_ms),
+        )
+
+
+_ABSENT = object()
+
+
+def _add_flag(flags: int, flag: int) -> int:
+    """Return ``flags`` plus ``flag`` unless it conflicts with a flag already set."""
+    for group in _CONFLICTS:
+        if flag & group and flags & group and not flags & flag:
+            return flags
+    return flags | flag
