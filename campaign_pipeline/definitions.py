@@ -42,7 +42,7 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
     )
     default_dir = settings.DEFAULT_DATA_DIR + ("/simulator" if source == SOURCE_SIMULATOR else "")
     assets = build_assets(partitions, float(env.get("CAMPAIGN_REJECTED_THRESHOLD") or 0.01))
-    job, schedule = build_job_and_schedule(partitions)
+    job, schedule = build_job_and_schedule(partitions, int(env.get("CAMPAIGN_LOOKBACK_DAYS") or 3))
     return dg.Definitions(
         assets=assets,
         jobs=[job],

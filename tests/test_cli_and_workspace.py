@@ -1,0 +1,120 @@
+"""The command line (real subprocesses) and the Dagster workspace: `dagster dev` serves our assets."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import FIRST_DAY, read_table
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "campaign_pipeline.cli"]
+
+
+def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    full_env.update(env)
+    return subprocess.run(CLI + args, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def sim_env(server, data_dir: Path, **extra) -> dict[str, str]:
+    return {
+        "CAMPAIGN_SOURCE": "cinnox", "CINNOX_BASE_URL": server.base_url, "CINNOX_APP_ID": server.app_id,
+        "CINNOX_APP_TOKEN": server.token, "CINNOX_RATE_LIMIT_PER_MIN": "60000",
+        "CAMPAIGN_DATA_DIR": str(data_dir), "CAMPAIGN_PARTITION_START": FIRST_DAY.isoformat(), **extra,
+    }
+
+
+def test_cli_backfill_runs_end_to_end(simulator, tmp_path):
+    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-03"], sim_env(simulator, tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert "backfill done: 2 day(s)" in result.stderr
+    assert "landed 2024-05-02" in result.stderr  # progress per day
+    rows = read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")
+    assert {r["partition_date"] for r in rows} == {date(2024, 5, 2), date(2024, 5, 3)}
+
+
+def _tomorrow() -> str:
+    return (datetime.now(UTC).date() + timedelta(days=1)).isoformat()
+
+
+@pytest.mark.parametrize(
+    ("args", "env_changes", "message"),
+    [
+        (["--start", "2024-05-03", "--end", "2024-05-02"], {}, "is after --end"),
+        (["--start", "2024-04-01", "--end", "2024-05-02"], {}, "before the first partition"),
+        (["--start", "2024-05-02", "--end", "<tomorrow>"], {}, "not a complete day yet"),
+        (["--start", "2024-05-02", "--end", "2024-05-02"], {"CINNOX_APP_TOKEN": ""}, "CINNOX_APP_TOKEN is not set"),
+        (["--start", "2024-05-02", "--end", "2024-05-02"], {"CINNOX_BASE_URL": "ftp:/nope"}, "CINNOX_BASE_URL"),
+        (["--start", "2024-05-02", "--end", "2024-05-02"], {"CAMPAIGN_PARTITION_TZ": "Mars/Olympus"}, "timezone"),
+        (["--start", "2024-05-02", "--end", "2024-05-02"], {"CAMPAIGN_DATA_DIR": "/proc/forbidden"}, "not writable"),
+    ],
+)
+def test_cli_backfill_bad_input_fails_fast_with_one_line_and_exit_2(simulator, tmp_path, args, env_changes, message):
+    data_dir = tmp_path / "data"
+    env = sim_env(simulator, data_dir)
+    env.update(env_changes)
+    args = [a.replace("<tomorrow>", _tomorrow()) for a in args]
+    result = run_cli(["backfill", *args], env, timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert not (data_dir / "warehouse.duckdb").exists()
+
+
+def test_cli_bad_token_fails_with_auth_message(simulator, tmp_path):
+    env = sim_env(simulator, tmp_path, CINNOX_APP_TOKEN="wrong-token-123")
+    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-02"], env, timeout=120)
+    assert result.returncode == 1
+    assert "backfill failed" in result.stderr and "401" in result.stderr
+    assert "wrong-token-123" not in result.stderr + result.stdout
+
+
+def test_simulated_data_never_lands_in_a_real_data_dir(simulator, tmp_path):
+    (tmp_path / ".campaign_source").write_text("simulator\n")
+    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-02"], sim_env(simulator, tmp_path))
+    assert result.returncode == 2 and "holds simulator data" in result.stderr
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_dagster_dev_serves_the_assets_from_the_workspace(tmp_path):
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    env.update({"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_DATA_DIR": str(tmp_path / "data"),
+                "DAGSTER_HOME": str(tmp_path / "home")})
+    (tmp_path / "home").mkdir()
+    dagster = Path(sys.executable).with_name("dagster")
+    proc = subprocess.Popen([str(dagster), "dev", "-w", "dagster_workspace.yaml", "-p", str(port)], cwd=ROOT,
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    query = json.dumps({"query": "{ assetNodes { assetKey { path } } }"}).encode()
+    keys: set[str] = set()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "sms_messages" not in keys:
+            time.sleep(1)
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=query,
+                                                 headers={"Content-Type": "application/json"})
+                with urllib.request.urlopen(request, timeout=5) as response:
+                    payload = json.loads(response.read())
+                keys = {"/".join(n["assetKey"]["path"]) for n in payload["data"]["assetNodes"]}
+            except (OSError, KeyError, TypeError, ValueError):
+                continue
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    assert {"raw_campaign_responses", "campaigns", "sms_messages", "whatsapp_messages", "rejected_records"} <= keys
