@@ -1,0 +1,671 @@
+"""HTTP client for the CINNOX sent-campaigns Open API: pacing, bounded retries, paging, stats.
+
+The HTTP layer only (``requests``, ``orjson``, stdlib). The single retry loop lives in
+:meth:`CinnoxClient.get_json`; the single paging loop in :meth:`CinnoxClient._paginate`.
+Errors come from :mod:`campaign_pipeline.errors`. The token never reaches a log line, an
+exception text or a ``repr``.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import http.client
+import logging
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Self
+from urllib.parse import quote, urlencode, urlsplit
+
+import orjson
+import requests
+import urllib3.exceptions
+from requests.adapters import HTTPAdapter
+
+from campaign_pipeline import settings
+from campaign_pipeline.errors import (
+    AuthError,
+    BadRequestError,
+    CinnoxError,
+    ConfigError,
+    FatalError,
+    PayloadError,
+    RetriableError,
+    RetriesExhaustedError,
+    ThrottledError,
+)
+
+__all__ = [
+    "CinnoxClient",
+    "Page",
+    "RateLimiter",
+    "RequestStats",
+    "format_rfc3339",
+]
+
+_LOG = logging.getLogger(__name__)
+
+#: Query parameters that may appear in logs and error texts (no PII, no secrets).
+_LOGGABLE_PARAMS = (
+    settings.PARAM_START_AT,
+    settings.PARAM_END_AT,
+    settings.PARAM_HISTORY_ID,
+    settings.PARAM_OFFSET,
+    settings.PARAM_LIMIT,
+)
+
+#: Transport failures worth another attempt. ConnectTimeout is both a Timeout and a ConnectionError.
+_RETRIABLE_TRANSPORT_ERRORS = (
+    requests.exceptions.ConnectionError,
+    requests.exceptions.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+    requests.exceptions.ContentDecodingError,
+    urllib3.exceptions.ProtocolError,
+    urllib3.exceptions.IncompleteRead,
+    urllib3.exceptions.DecodeError,
+    http.client.IncompleteRead,
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Pacing
+# --------------------------------------------------------------------------------------------
+
+
+class RateLimiter:
+    """Thread-safe request pacer: starts are spaced at least ``60 / requests_per_minute`` seconds apart.
+
+    Fixed-interval spacing (no burst), so any half-open window of 60 s sees at most
+    ``requests_per_minute`` starts, however many threads share the limiter. Each caller reserves
+    the next free slot under a lock and sleeps outside it. ``None`` or ``0`` disables pacing.
+    """
+
+    def __init__(
+        self,
+        requests_per_minute: float | None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> None:
+        if requests_per_minute is not None and requests_per_minute < 0:
+            raise ConfigError(f"rate limit must be >= 0 requests per minute, got {requests_per_minute!r}")
+        self.requests_per_minute = requests_per_minute or None
+        self.interval_s = 60.0 / requests_per_minute if requests_per_minute else 0.0
+        self._clock = clock
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        self._next_slot: float | None = None
+
+    @property
+    def enabled(self) -> bool:
+        """True when pacing is active."""
+        return self.interval_s > 0
+
+    def acquire(self) -> float:
+        """Block until this caller may start a request; return the seconds waited."""
+        if not self.enabled:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            slot = now if self._next_slot is None else max(now, self._next_slot)
+            self._next_slot = slot + self.interval_s
+        wait = slot - now
+        if wait > 0:
+            self._sleep(wait)
+            return wait
+        return 0.0
+
+    def __repr__(self) -> str:
+        return f"RateLimiter(requests_per_minute={self.requests_per_minute!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Stats
+# --------------------------------------------------------------------------------------------
+
+
+class RequestStats:
+    """Thread-safe counters of one client's HTTP activity.
+
+    Attributes (read them via :meth:`as_dict` or :meth:`snapshot` for a consistent view):
+        requests: attempts started (every retry counts).
+        retries: attempts that were followed by another attempt.
+        throttles: HTTP 429 or body code 6451010 answers.
+        bytes: response body bytes received.
+        errors: failed attempts by kind, e.g. ``{"http_503": 2, "timeout": 1}``.
+        wait_s: seconds spent waiting on the rate limiter.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.requests = 0
+        self.retries = 0
+        self.throttles = 0
+        self.bytes = 0
+        self.errors: dict[str, int] = {}
+        self.wait_s = 0.0
+
+    def add(
+        self,
+        *,
+        requests: int = 0,
+        retries: int = 0,
+        throttles: int = 0,
+        nbytes: int = 0,
+        wait_s: float = 0.0,
+        error: str | None = None,
+    ) -> None:
+        """Add to the counters atomically."""
+        with self._lock:
+            self.requests += requests
+            self.retries += retries
+            self.throttles += throttles
+            self.bytes += nbytes
+            self.wait_s += wait_s
+            if error is not None:
+                self.errors[error] = self.errors.get(error, 0) + 1
+
+    def merge(self, other: RequestStats) -> RequestStats:
+        """Add another stats object's counters into this one; return ``self``."""
+        theirs = other.snapshot()
+        with self._lock:
+            self.requests += theirs.requests
+            self.retries += theirs.retries
+            self.throttles += theirs.throttles
+            self.bytes += theirs.bytes
+            self.wait_s += theirs.wait_s
+            for kind, count in theirs.errors.items():
+                self.errors[kind] = self.errors.get(kind, 0) + count
+        return self
+
+    def snapshot(self) -> RequestStats:
+        """Return an independent copy of the counters as they are now."""
+        copy = RequestStats()
+        with self._lock:
+            copy.requests = self.requests
+            copy.retries = self.retries
+            copy.throttles = self.throttles
+            copy.bytes = self.bytes
+            copy.wait_s = self.wait_s
+            copy.errors = dict(self.errors)
+        return copy
+
+    def as_dict(self) -> dict[str, int | float]:
+        """Flat dict of ints/floats (Dagster metadata friendly); errors as ``errors_<kind>`` keys."""
+        snap = self.snapshot()
+        out: dict[str, int | float] = {
+            "requests": snap.requests,
+            "retries": snap.retries,
+            "throttles": snap.throttles,
+            "bytes": snap.bytes,
+            "errors": sum(snap.errors.values()),
+            "wait_s": round(snap.wait_s, 3),
+        }
+        for kind in sorted(snap.errors):
+            out[f"errors_{kind}"] = snap.errors[kind]
+        return out
+
+    def __repr__(self) -> str:
+        return f"RequestStats({self.as_dict()!r})"
+
+
+# --------------------------------------------------------------------------------------------
+# Pages
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a CINNOX listing.
+
+    Attributes:
+        endpoint: ``"summary"`` or ``"detail"``.
+        offset: the ``offset`` this page was requested with.
+        records: the raw ``result`` rows, unmodified.
+        nbytes: response body size in bytes.
+        history_id: the campaign id for detail pages, ``None`` for summary pages.
+    """
+
+    endpoint: str
+    offset: int
+    records: list[dict]
+    nbytes: int
+    history_id: str | None = None
+
+
+def format_rfc3339(value: datetime) -> str:
+    """Format an aware datetime as RFC3339 UTC with milliseconds and ``Z``: ``2022-11-07T00:00:00.000Z``.
+
+    Raises:
+        ValueError: for a naive datetime (its time zone would be a guess).
+    """
+    if not isinstance(value, datetime):
+        raise TypeError(f"expected a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise ValueError(f"naive datetime {value.isoformat()} given; pass an aware datetime (e.g. tzinfo=UTC)")
+    utc = value.astimezone(UTC)
+    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+
+
+# --------------------------------------------------------------------------------------------
+# Client
+# --------------------------------------------------------------------------------------------
+
+
+class _BearerAuth(requests.auth.AuthBase):
+    """Sets ``Authorization: Bearer <token>``; passing it as ``auth`` also stops ``.netrc`` overriding it."""
+
+    def __init__(self, token: str) -> None:
+        self._token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self._token}"
+        return request
+
+    def __repr__(self) -> str:
+        return "_BearerAuth(<redacted>)"
+
+
+def _validate_base_url(base_url: str) -> str:
+    """Return ``base_url`` without a trailing slash, or raise a one-line ConfigError."""
+    shape = "CINNOX_BASE_URL must look like https://host[:port][/path-prefix]"
+    if not isinstance(base_url, str) or not base_url.strip():
+        raise ConfigError(f"{shape}; it is empty")
+    text = base_url.strip()
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError:
+        raise ConfigError(f"{shape}; it does not parse as a URL (bad port?)") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"{shape}; the scheme must be http or https, got {parts.scheme or 'none'!r}")
+    if not parts.hostname:
+        raise ConfigError(f"{shape}; the host is missing")
+    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{shape}; remove the user:password@ part (the token goes in CINNOX_APP_TOKEN)")
+    if parts.query or parts.fragment:
+        raise ConfigError(f"{shape}; remove the ?query / #fragment")
+    return text.rstrip("/")
+
+
+def _one_line(text: object, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+class CinnoxClient:
+    """Client for the CINNOX sent-campaigns endpoints.
+
+    One ``requests.Session`` (connection pool of ``pool_size``, urllib3 retries off: retries happen
+    only in :meth:`get_json`), TLS verification always on, one :class:`RateLimiter` shared by every
+    thread using this client, and :class:`RequestStats` in :attr:`stats`. Safe to share between
+    threads; use as a context manager or call :meth:`close`.
+
+    Args:
+        base_url: ``CINNOX_BASE_URL``, ``http(s)://host[:port][/prefix]``.
+        app_id: ``CINNOX_APP_ID``.
+        token: ``CINNOX_APP_TOKEN`` (static bearer token).
+        page_size: ``limit`` per page (the documented maximum is 500).
+        connect_timeout / read_timeout: seconds, per attempt (``read_timeout`` is between bytes).
+        max_attempts: attempts per call, first one included.
+        backoff_base_s / backoff_max_s: full-jitter exponential backoff; also caps ``Retry-After``.
+        rate_limit_per_min: request starts per minute; ``None``/0 disables pacing.
+        ca_bundle: path of a CA bundle for private CAs; verification is never turned off.
+        pool_size: connection pool size (match the number of fetch threads).
+        session: a pre-built session (its adapters are left alone).
+        sleep: called with the backoff delay; inject a recorder in tests.
+        logger: where retry warnings go.
+        rate_limiter: share one limiter between several clients (overrides ``rate_limit_per_min``).
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        app_id: str,
+        token: str,
+        *,
+        page_size: int = settings.PAGE_SIZE,
+        connect_timeout: float = settings.DEFAULT_CONNECT_TIMEOUT_S,
+        read_timeout: float = settings.DEFAULT_READ_TIMEOUT_S,
+        max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS,
+        backoff_base_s: float = settings.DEFAULT_BACKOFF_BASE_S,
+        backoff_max_s: float = settings.DEFAULT_BACKOFF_MAX_S,
+        rate_limit_per_min: float | None = settings.DEFAULT_RATE_LIMIT_PER_MIN,
+        ca_bundle: str | None = None,
+        pool_size: int = 16,
+        session: requests.Session | None = None,
+        sleep: Callable[[float], Any] = time.sleep,
+        logger: logging.Logger | None = None,
+        rate_limiter: RateLimiter | None = None,
+    ) -> None:
+        self.base_url = _validate_base_url(base_url)
+        if not isinstance(app_id, str) or not app_id.strip():
+            raise ConfigError("CINNOX_APP_ID is empty; set it to the App ID from the CINNOX dashboard")
+        if not isinstance(token, str) or not token.strip():
+            raise ConfigError("CINNOX_APP_TOKEN is empty; set it to the App Token from the CINNOX dashboard")
+        if not 1 <= page_size <= settings.PAGE_SIZE:
+            raise ConfigError(f"page_size must be between 1 and {settings.PAGE_SIZE}, got {page_size}")
+        if max_attempts < 1:
+            raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
+        if connect_timeout <= 0 or read_timeout <= 0:
+            raise ConfigError("connect_timeout and read_timeout must be > 0 seconds")
+        if backoff_base_s < 0 or backoff_max_s < 0:
+            raise ConfigError("backoff_base_s and backoff_max_s must be >= 0 seconds")
+
+        self.app_id = app_id.strip()
+        self._token = token.strip()
+        self._auth = _BearerAuth(self._token)
+        self.page_size = page_size
+        self.connect_timeout = float(connect_timeout)
+        self.read_timeout = float(read_timeout)
+        self.max_attempts = int(max_attempts)
+        self.backoff_base_s = float(backoff_base_s)
+        self.backoff_max_s = float(backoff_max_s)
+        self.verify: str | bool = ca_bundle or True
+        self.rate_limiter = rate_limiter if rate_limiter is not None else RateLimiter(rate_limit_per_min)
+        self.stats = RequestStats()
+        self._sleep = sleep
+        self._log = logger or _LOG
+        self._random = random.Random()
+        self._headers = {"Content-Type": "application/json", "accept": "application/json"}
+
+        self._owns_session = session is None
+        if session is None:
+            session = requests.Session()
+            adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+            session.mount("https://", adapter)
+            session.mount("http://", adapter)
+        self.session = session
+
+        app = quote(self.app_id, safe="")
+        self.summary_path = settings.SUMMARY_PATH.format(app_id=app)
+        self.detail_path = settings.DETAIL_PATH.format(app_id=app)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the session if this client created it."""
+        if self._owns_session:
+            self.session.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"CinnoxClient(base_url={self.base_url!r}, app_id={self.app_id!r}, token=<redacted>, "
+            f"page_size={self.page_size}, rate_limit_per_min={self.rate_limiter.requests_per_minute!r})"
+        )
+
+    # -- bounds ---------------------------------------------------------------------------------
+
+    def worst_case_retry_seconds(self) -> float:
+        """Upper bound, in seconds, on the time one :meth:`get_json` call can take before it returns or raises.
+
+        ``max_attempts * (connect_timeout + read_timeout)`` for the attempts, plus
+        ``(max_attempts - 1) * backoff_max_s`` for the sleeps between them (jitter and
+        ``Retry-After`` are both capped at ``backoff_max_s``), plus one rate-limiter interval per
+        attempt. Assumes the server sends body bytes at least once per ``read_timeout`` (requests'
+        read timeout is per socket read) and that this thread is the only one waiting on the
+        limiter. With the defaults: 6 * (5 + 30) + 5 * 30 + 6 * 60/450 = 360.8 s.
+        """
+        attempts = self.max_attempts
+        return (
+            attempts * (self.connect_timeout + self.read_timeout)
+            + (attempts - 1) * self.backoff_max_s
+            + attempts * self.rate_limiter.interval_s
+        )
+
+    # -- one request, bounded retries -----------------------------------------------------------
+
+    def _redact(self, text: object) -> str:
+        return _one_line(text).replace(self._token, "<redacted>")
+
+    def _safe_url(self, path: str, params: Mapping[str, Any]) -> str:
+        """Path (with the base URL's prefix) and whitelisted query; what logs and errors show."""
+        prefix = urlsplit(self.base_url).path.rstrip("/")
+        shown = [(k, params[k]) for k in _LOGGABLE_PARAMS if k in params]
+        query = urlencode(shown, safe=":")
+        return f"{prefix}{path}" + (f"?{query}" if query else "")
+
+    def _retry_after_seconds(self, response: requests.Response) -> float | None:
+        raw = response.headers.get("Retry-After")
+        if raw is None:
+            return None
+        raw = raw.strip()
+        try:
+            seconds = float(raw)
+        except ValueError:
+            try:
+                when = email.utils.parsedate_to_datetime(raw)
+            except (TypeError, ValueError, IndexError):
+                return None
+            if when.tzinfo is None:
+                when = when.replace(tzinfo=UTC)
+            seconds = (when - datetime.now(UTC)).total_seconds()
+        if math.isnan(seconds):
+            return None
+        return max(0.0, seconds)
+
+    def _classify(
+        self, response: requests.Response, content: bytes, url: str
+    ) -> tuple[dict | None, CinnoxError | None, str | None]:
+        """Return ``(body, None, None)`` for a usable answer, else ``(None, error, error_kind)``."""
+        status = response.status_code
+        body: Any = None
+        decoded = False
+        try:
+            body = orjson.loads(content)
+            decoded = True
+        except orjson.JSONDecodeError:
+            pass
+        code: int | None = None
+        message: str | None = None
+        if isinstance(body, dict):
+            raw_code = body.get(settings.ENVELOPE_CODE)
+            if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+                code = raw_code
+            elif isinstance(raw_code, str) and raw_code.strip().lstrip("-").isdigit():
+                code = int(raw_code)
+            raw_message = body.get(settings.ENVELOPE_MESSAGE)
+            if raw_message is not None:
+                message = self._redact(raw_message)
+        common = {"status": status, "code": code, "url": url}
+
+        if status == 429 or code == settings.CODE_TOO_MANY_REQUESTS:
+            kind = "http_429" if status == 429 else f"body_{code}"
+            return None, ThrottledError(
+                message or "too many requests", retry_after=self._retry_after_seconds(response), **common
+            ), kind
+        if code == settings.CODE_BAD_RESPONSE:
+            return None, RetriableError(message or "bad response from the service", **common), f"body_{code}"
+        if status >= 500:
+            return None, RetriableError(message or response.reason or "server error", **common), f"http_{status}"
+        if status in (401, 403):
+            return None, AuthError(message or response.reason or "unauthorized", **common), f"http_{status}"
+        if 400 <= status < 500:
+            return None, BadRequestError(message or response.reason or "bad request", **common), f"http_{status}"
+        if not 200 <= status < 300:
+            return None, FatalError(message or f"unexpected HTTP status {status}", **common), f"http_{status}"
+        if not decoded:
+            return None, RetriableError(
+                f"body is not valid JSON (truncated?), {len(content)} bytes", **common
+            ), "invalid_json"
+        if not isinstance(body, dict):
+            return None, PayloadError(
+                f"expected a JSON object, got {type(body).__name__}", **common
+            ), "payload"
+        if code is not None and code != settings.CODE_OK:
+            if code == settings.CODE_BAD_PARAMETERS:
+                return None, BadRequestError(message or "bad parameters", **common), f"body_{code}"
+            return None, FatalError(message or "non-zero CINNOX code", **common), f"body_{code}"
+        return body, None, None
+
+    def _transport_error(self, exc: Exception, url: str) -> tuple[CinnoxError, str]:
+        """Map a requests / urllib3 exception to our error tree and an error kind."""
+        description = f"{type(exc).__name__}: {self._redact(exc)}"
+        if isinstance(exc, requests.exceptions.SSLError) and "certificate" in str(exc).lower():
+            return FatalError(f"TLS verification failed, check ca_bundle: {description}", url=url), "tls"
+        if isinstance(exc, requests.exceptions.ConnectTimeout):
+            return RetriableError(description, url=url), "connect_timeout"
+        if isinstance(exc, requests.exceptions.Timeout):
+            return RetriableError(description, url=url), "timeout"
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
+            return RetriableError(description, url=url), "truncated"
+        if isinstance(exc, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError):
+            return RetriableError(description, url=url), "decoding"
+        if isinstance(exc, _RETRIABLE_TRANSPORT_ERRORS):
+            # a read timeout while streaming the body also surfaces as ConnectionError
+            kind = "timeout" if "timed out" in str(exc).lower() else "connection"
+            return RetriableError(description, url=url), kind
+        return FatalError(description, url=url), "request"
+
+    def _backoff_seconds(self, retry_index: int, error: CinnoxError) -> float:
+        """Delay before retry number ``retry_index`` (0-based): Retry-After if given, else full jitter."""
+        if isinstance(error, ThrottledError) and error.retry_after is not None:
+            return min(error.retry_after, self.backoff_max_s)
+        ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**retry_index)
+        return self._random.uniform(0.0, ceiling)
+
+    def get_json(self, path: str, params: Mapping[str, Any]) -> tuple[dict, int]:
+        """GET ``base_url + path`` with ``params``; return ``(body, nbytes)``. The only retry loop.
+
+        Retries (bounded by ``max_attempts``, full-jitter exponential backoff, ``Retry-After``
+        honoured up to ``backoff_max_s``): HTTP 429 and 5xx, timeouts, connection resets, truncated
+        or non-JSON bodies, body code 6451010 / 6451001 under any status. Raises at once:
+        :class:`AuthError` (401/403), :class:`BadRequestError` (400, 6451000, other 4xx),
+        :class:`FatalError` (other non-zero body codes), :class:`PayloadError` (2xx non-object).
+        Raises :class:`RetriesExhaustedError` when the attempts run out; see
+        :meth:`worst_case_retry_seconds` for the time bound.
+        """
+        url = f"{self.base_url}{path}"
+        safe_url = self._safe_url(path, params)
+        timeout = (self.connect_timeout, self.read_timeout)
+        started = time.monotonic()
+        last_error: RetriableError | None = None
+
+        for attempt in range(1, self.max_attempts + 1):
+            waited = self.rate_limiter.acquire()
+            self.stats.add(requests=1, wait_s=waited)
+            try:
+                response = self.session.get(
+                    url,
+                    params=dict(params),
+                    headers=self._headers,
+                    auth=self._auth,
+                    timeout=timeout,
+                    verify=self.verify,
+                )
+                try:
+                    content = response.content
+                finally:
+                    response.close()
+            except _RETRIABLE_TRANSPORT_ERRORS + (requests.exceptions.RequestException,) as exc:
+                error, kind = self._transport_error(exc, safe_url)
+            else:
+                self.stats.add(nbytes=len(content))
+                body, error, kind = self._classify(response, content, safe_url)
+                if error is None:
+                    return body, len(content)
+
+            self.stats.add(
+                error=kind, throttles=1 if isinstance(error, ThrottledError) else 0
+            )
+            if not isinstance(error, RetriableError):
+                raise error
+            last_error = error
+            if attempt == self.max_attempts:
+                break
+            delay = self._backoff_seconds(attempt - 1, error)
+            self.stats.add(retries=1)
+            self._log.warning(
+                "CINNOX retry: GET %s attempt %d/%d failed (%s); sleeping %.2fs",
+                safe_url,
+                attempt,
+                self.max_attempts,
+                self._redact(error),
+                delay,
+            )
+            self._sleep(delay)
+
+        assert last_error is not None
+        raise RetriesExhaustedError(
+            attempts=self.max_attempts, elapsed_s=time.monotonic() - started, last_error=last_error
+        )
+
+    # -- paging ---------------------------------------------------------------------------------
+
+    def _paginate(self, endpoint: str, path: str, params: Mapping[str, Any]) -> Iterator[Page]:
+        """Yield the pages of one listing: ``offset`` from 0 in steps of the rows received.
+
+        Stops after a short page (fewer than ``limit`` rows, empty included). Raises
+        :class:`PayloadError` when ``result`` is missing or not a list of objects, when a full page
+        repeats the previous one exactly (the server ignores ``offset``), or after
+        ``settings.MAX_PAGES_PER_LISTING`` pages.
+        """
+        history_id = params.get(settings.PARAM_HISTORY_ID)
+        limit = self.page_size
+        offset = 0
+        previous: list | None = None
+        for _ in range(settings.MAX_PAGES_PER_LISTING):
+            page_params = {**params, settings.PARAM_OFFSET: offset, settings.PARAM_LIMIT: limit}
+            body, nbytes = self.get_json(path, page_params)
+            safe_url = self._safe_url(path, page_params)
+            records = body.get(settings.ENVELOPE_RESULT)
+            if not isinstance(records, list):
+                raise PayloadError(
+                    f"'{settings.ENVELOPE_RESULT}' is {'missing' if records is None else type(records).__name__}, "
+                    "expected a list",
+                    status=200,
+                    url=safe_url,
+                )
+            if not all(isinstance(row, dict) for row in records):
+                raise PayloadError(
+                    f"'{settings.ENVELOPE_RESULT}' holds non-object rows", status=200, url=safe_url
+                )
+            full = len(records) >= limit
+            if full and previous is not None and records == previous:
+                raise PayloadError(
+                    f"page at offset {offset} repeats the previous page: the server ignores "
+                    f"'{settings.PARAM_OFFSET}', stopping an endless listing",
+                    status=200,
+                    url=safe_url,
+                )
+            yield Page(endpoint=endpoint, offset=offset, records=records, nbytes=nbytes, history_id=history_id)
+            if not full:
+                return
+            previous = records
+            offset += len(records)
+        raise PayloadError(
+            f"listing did not end after {settings.MAX_PAGES_PER_LISTING} pages",
+            status=200,
+            url=self._safe_url(path, params),
+        )
+
+    def iter_summary_pages(self, start_at: datetime, end_at: datetime) -> Iterator[Page]:
+        """Pages of ``sent-campaigns-summary`` (one row per sent campaign) for ``[start_at, end_at]``.
+
+        Both datetimes must be aware; they are sent as RFC3339 UTC with milliseconds
+        (``2022-11-07T00:00:00.000Z``). A naive datetime raises ``ValueError``.
+        """
+        params = {
+            settings.PARAM_START_AT: format_rfc3339(start_at),
+            settings.PARAM_END_AT: format_rfc3339(end_at),
+        }
+        return self._paginate("summary", self.summary_path, params)
+
+    def iter_detail_pages(self, history_id: str) -> Iterator[Page]:
+        """Pages of ``sent-campaigns-detail`` (one row per recipient) of the campaign ``history_id``.
+
+        ``history_id`` is the summary row's ``id``; an empty one raises ``ValueError``.
+        """
+        if not isinstance(history_id, str) or not history_id.strip():
+            raise ValueError("history_id must be a non-empty string (the summary row's 'id')")
+        return self._paginate("detail", self.detail_path, {settings.PARAM_HISTORY_ID: history_id})

@@ -1,0 +1,218 @@
+"""The one error tree of the pipeline: everything we raise derives from ``CampaignPipelineError``.
+
+::
+
+    CampaignPipelineError                  base of everything we raise
+    ├── ConfigError                        bad configuration or date range; one line that says how to fix it
+    └── CinnoxError                        anything from the CINNOX API: .status, .code, .cinnox_message, .url
+        ├── RetriableError                 429, 5xx, timeouts, resets, truncated / non-JSON bodies,
+        │   │                              body code 6451010 / 6451001 (even under HTTP 200)
+        │   └── ThrottledError             429 or body code 6451010; .retry_after (seconds or None)
+        ├── FatalError                     never retried
+        │   ├── BadRequestError            400 / body code 6451000, and any other 4xx
+        │   └── AuthError                  401 / 403: check CINNOX_APP_TOKEN / CINNOX_APP_ID
+        ├── PayloadError                   2xx with an unexpected shape (no result list, endless paging)
+        └── RetriesExhaustedError          bounded retries used up; .attempts, .elapsed_s, .last_error
+
+``str(error)`` is always one line and carries the HTTP status, the CINNOX body code and message and
+the sanitized request (path and whitelisted query, never the token), e.g.::
+
+    CINNOX 400 code=6451000 "endAt is prior to startAt" on GET /v1/api/apps/x/data/sent-campaigns-summary
+
+Only :mod:`campaign_pipeline.client` builds ``CinnoxError`` instances; it never hands them the token.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthError",
+    "BadRequestError",
+    "CampaignPipelineError",
+    "CinnoxError",
+    "ConfigError",
+    "FatalError",
+    "PayloadError",
+    "RetriableError",
+    "RetriesExhaustedError",
+    "ThrottledError",
+]
+
+
+def _one_line(text: object) -> str:
+    """Collapse any whitespace run (newlines included) to a single space."""
+    return " ".join(str(text).split())
+
+
+class CampaignPipelineError(Exception):
+    """Base class of every error the pipeline raises on purpose."""
+
+
+class ConfigError(CampaignPipelineError):
+    """Bad configuration or an invalid date range; the message is one line saying how to fix it."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_one_line(message))
+
+
+class CinnoxError(CampaignPipelineError):
+    """An error from (or while talking to) the CINNOX API.
+
+    Attributes:
+        status: HTTP status code, or ``None`` when no response arrived (timeout, reset).
+        code: CINNOX body ``code``, or ``None`` when the body had none (or was not JSON).
+        cinnox_message: CINNOX body ``message``, or a short description of the transport failure.
+        url: sanitized request target: path plus whitelisted query parameters; never the token.
+        method: HTTP method, ``GET`` for every CINNOX call we make.
+    """
+
+    #: Optional fix-it hint appended to ``str()`` by subclasses.
+    hint: str | None = None
+
+    def __init__(
+        self,
+        cinnox_message: str | None = None,
+        *,
+        status: int | None = None,
+        code: int | None = None,
+        url: str | None = None,
+        method: str = "GET",
+    ) -> None:
+        self.status = status
+        self.code = code
+        self.cinnox_message = _one_line(cinnox_message) if cinnox_message is not None else None
+        self.url = url
+        self.method = method
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = ["CINNOX", str(self.status) if self.status is not None else "(no response)"]
+        if self.code is not None:
+            parts.append(f"code={self.code}")
+        if self.cinnox_message:
+            parts.append(f'"{self.cinnox_message}"')
+        if self.url:
+            parts.append(f"on {self.method} {self.url}")
+        text = " ".join(parts)
+        if self.hint:
+            text += f" ({self.hint})"
+        return text
+
+    def __str__(self) -> str:
+        return self._render()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(status={self.status!r}, code={self.code!r}, "
+            f"cinnox_message={self.cinnox_message!r}, url={self.url!r})"
+        )
+
+    def _state(self) -> dict[str, object]:
+        return {
+            "status": self.status,
+            "code": self.code,
+            "url": self.url,
+            "method": self.method,
+        }
+
+    def __reduce__(self):  # keyword-only constructor: make pickling (multiprocess executors) work
+        return (_rebuild, (type(self), self.cinnox_message, self._state()))
+
+
+def _rebuild(cls: type[CinnoxError], cinnox_message: str | None, state: dict[str, object]) -> CinnoxError:
+    """Unpickle helper for :class:`CinnoxError` and its subclasses."""
+    return cls(cinnox_message, **state)
+
+
+class RetriableError(CinnoxError):
+    """A transient failure worth retrying: 429, 5xx, timeout, reset, truncated or non-JSON body,
+    body code 6451010 / 6451001."""
+
+
+class ThrottledError(RetriableError):
+    """CINNOX asked us to slow down (HTTP 429 or body code 6451010).
+
+    Attributes:
+        retry_after: seconds the server asked us to wait (``Retry-After``), or ``None``.
+    """
+
+    def __init__(self, cinnox_message: str | None = None, *, retry_after: float | None = None, **kwargs) -> None:
+        self.retry_after = retry_after
+        super().__init__(cinnox_message, **kwargs)
+
+    def _render(self) -> str:
+        text = super()._render()
+        if self.retry_after is not None:
+            text += f" retry_after={self.retry_after:g}s"
+        return text
+
+    def _state(self) -> dict[str, object]:
+        return {**super()._state(), "retry_after": self.retry_after}
+
+
+class FatalError(CinnoxError):
+    """A failure that retrying cannot fix; raised at once."""
+
+
+class BadRequestError(FatalError):
+    """CINNOX rejected the parameters (HTTP 400 / body code 6451000, or another 4xx)."""
+
+
+class AuthError(FatalError):
+    """CINNOX refused the credentials (HTTP 401 / 403)."""
+
+    hint = "check CINNOX_APP_TOKEN / CINNOX_APP_ID"
+
+
+class PayloadError(CinnoxError):
+    """A 2xx answer with a shape we cannot use (no ``result`` list, paging that never ends)."""
+
+
+class RetriesExhaustedError(CinnoxError):
+    """Every bounded attempt failed with a retriable error.
+
+    Attributes:
+        attempts: number of attempts made.
+        elapsed_s: seconds from the first attempt to giving up.
+        last_error: the :class:`RetriableError` of the last attempt.
+    """
+
+    def __init__(
+        self,
+        *,
+        attempts: int,
+        elapsed_s: float,
+        last_error: RetriableError,
+    ) -> None:
+        self.attempts = attempts
+        self.elapsed_s = elapsed_s
+        self.last_error = last_error
+        super().__init__(
+            last_error.cinnox_message,
+            status=last_error.status,
+            code=last_error.code,
+            url=last_error.url,
+            method=last_error.method,
+        )
+
+    def _render(self) -> str:
+        return (
+            f"CINNOX gave up after {self.attempts} attempts in {self.elapsed_s:.1f}s "
+            f"on {self.method} {self.url}; last error: {self.last_error}"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"RetriesExhaustedError(attempts={self.attempts!r}, elapsed_s={self.elapsed_s:.3f}, "
+            f"last_error={self.last_error!r})"
+        )
+
+    def __reduce__(self):
+        return (
+            _rebuild_exhausted,
+            (self.attempts, self.elapsed_s, self.last_error),
+        )
+
+
+def _rebuild_exhausted(attempts: int, elapsed_s: float, last_error: RetriableError) -> RetriesExhaustedError:
+    """Unpickle helper for :class:`RetriesExhaustedError`."""
+    return RetriesExhaustedError(attempts=attempts, elapsed_s=elapsed_s, last_error=last_error)

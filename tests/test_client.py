@@ -1,0 +1,543 @@
+"""CinnoxClient against real HTTP servers: paging, retries per fault kind, fatal errors, pacing, redaction.
+
+Most tests run against the CINNOX simulator; a few use a tiny local ``http.server`` handler for
+server behaviours the simulator does not offer (ignoring ``offset``, odd envelopes, HTTP-date
+``Retry-After``). Nothing of the client is patched: sleeps and loggers are injected.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import json
+import logging
+import pickle
+import threading
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from campaign_pipeline import settings
+from campaign_pipeline.client import CinnoxClient, Page, RateLimiter, RequestStats, format_rfc3339
+from campaign_pipeline.errors import (
+    AuthError,
+    BadRequestError,
+    CampaignPipelineError,
+    CinnoxError,
+    ConfigError,
+    FatalError,
+    PayloadError,
+    RetriableError,
+    RetriesExhaustedError,
+    ThrottledError,
+)
+from campaign_pipeline.simulator import ALL_FAULT_KINDS, SimulatorConfig, SimulatorServer
+
+NOW = datetime(2024, 5, 8, 12, 0, tzinfo=UTC)
+WEEK_START = datetime(2024, 4, 29, tzinfo=UTC)
+WEEK_END = datetime(2024, 5, 6, tzinfo=UTC)
+TOKEN = "sim-token-5ecret-do-not-leak"
+THROTTLE_KINDS = {"429_retry_after", "429_no_retry_after", "body_code_6451010"}
+
+
+# --- helpers --------------------------------------------------------------------------------
+
+
+def sim_config(**overrides) -> SimulatorConfig:
+    base = dict(
+        seed=7,
+        campaigns_per_day=3,
+        recipients_per_campaign=40,
+        now=NOW,
+        fault_rate=0.0,
+        token=TOKEN,
+        app_id="sim-app",
+    )
+    base.update(overrides)
+    return SimulatorConfig(**base)
+
+
+def make_client(srv, *, token: str | None = None, **overrides) -> CinnoxClient:
+    """A client tuned for tests: small backoff, short timeouts, no pacing unless asked."""
+    kwargs = dict(
+        connect_timeout=2.0,
+        read_timeout=0.5,
+        max_attempts=12,
+        backoff_base_s=0.005,
+        backoff_max_s=0.02,
+        rate_limit_per_min=None,
+    )
+    kwargs.update(overrides)
+    return CinnoxClient(srv.base_url, srv.app_id, token if token is not None else srv.token, **kwargs)
+
+
+def records_of(pages: Iterator[Page]) -> list[dict]:
+    return [row for page in pages for row in page.records]
+
+
+def assert_no_token(token: str, error: BaseException | None, caplog: pytest.LogCaptureFixture) -> None:
+    """The token appears in no exception text or repr (causes included) and no captured log line."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        assert token not in str(error)
+        assert token not in repr(error)
+        if isinstance(error, RetriesExhaustedError):
+            assert token not in str(error.last_error) and token not in repr(error.last_error)
+        error = error.__cause__ or error.__context__
+    assert token not in caplog.text
+    for record in caplog.records:
+        assert token not in record.getMessage()
+
+
+@contextlib.contextmanager
+def local_server(respond: Callable[[str, dict[str, list[str]], dict], tuple[int, dict, bytes]]):
+    """Serve ``respond(path, query, headers) -> (status, headers, body)`` on 127.0.0.1; yield (base_url, hits)."""
+    hits: list[dict[str, list[str]]] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_GET(self):  # noqa: N802 - http.server naming
+            parts = urlsplit(self.path)
+            query = parse_qs(parts.query)
+            hits.append(query)
+            status, headers, body = respond(parts.path, query, dict(self.headers))
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", hits
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def envelope(rows, code: int = 0) -> bytes:
+    return json.dumps({"code": code, "result": rows, "cid": "c"}).encode()
+
+
+@pytest.fixture(autouse=True)
+def _capture_all_logs(caplog: pytest.LogCaptureFixture):
+    caplog.set_level(logging.DEBUG)
+    yield
+
+
+# --- paging against the simulator -------------------------------------------------------------
+
+
+def test_client_summary_week_returns_exactly_the_simulator_records(caplog):
+    config = sim_config(campaigns_per_day=90)  # 630 campaigns: two pages of 500
+    with SimulatorServer(config) as srv, make_client(srv) as client:
+        pages = list(client.iter_summary_pages(WEEK_START, WEEK_END))
+        expected = srv.simulator.summary_records(WEEK_START, WEEK_END)
+
+    assert len(expected) > settings.PAGE_SIZE
+    assert records_of(iter(pages)) == expected
+    assert [p.offset for p in pages] == [0, 500]
+    assert {p.endpoint for p in pages} == {"summary"} and all(p.history_id is None for p in pages)
+    assert client.stats.requests == 2 and client.stats.retries == 0
+    assert client.stats.bytes == sum(p.nbytes for p in pages) > 0
+    assert_no_token(TOKEN, None, caplog)
+
+
+def test_client_detail_over_500_rows_returns_exactly_the_simulator_records():
+    config = sim_config(campaigns_per_day=1, recipients_per_campaign=1234)
+    with SimulatorServer(config) as srv, make_client(srv) as client:
+        campaigns = srv.simulator.summary_records(WEEK_START, WEEK_END)
+        campaign = max(campaigns, key=lambda c: c["totalRecipients"])
+        pages = list(client.iter_detail_pages(campaign["id"]))
+        expected = srv.simulator.detail_records(campaign["id"])
+
+    assert len(expected) > settings.PAGE_SIZE
+    assert records_of(iter(pages)) == expected
+    assert [p.offset for p in pages] == list(range(0, len(expected), 500))
+    assert all(p.endpoint == "detail" and p.history_id == campaign["id"] for p in pages)
+
+
+def test_client_detail_of_exactly_500_rows_stops_on_the_empty_page():
+    config = sim_config(campaigns_per_day=4, recipients_per_campaign=500)
+    with SimulatorServer(config) as srv, make_client(srv) as client:
+        campaigns = srv.simulator.summary_records(WEEK_START, WEEK_END)
+        sizes = {c["id"]: len(srv.simulator.detail_records(c["id"])) for c in campaigns}
+        exact = [cid for cid, n in sizes.items() if n == settings.PAGE_SIZE]
+        if not exact:
+            pytest.skip(f"simulator produced no campaign of exactly 500 rows: {sorted(set(sizes.values()))}")
+        pages = list(client.iter_detail_pages(exact[0]))
+        expected = srv.simulator.detail_records(exact[0])
+
+    assert [len(p.records) for p in pages] == [500, 0]
+    assert records_of(iter(pages)) == expected
+
+
+def test_client_summary_of_an_empty_window_yields_one_empty_page():
+    with SimulatorServer(sim_config()) as srv, make_client(srv) as client:
+        pages = list(client.iter_summary_pages(NOW + timedelta(days=1), NOW + timedelta(days=2)))
+    assert [len(p.records) for p in pages] == [0]
+    assert client.stats.requests == 1
+
+
+def test_client_summary_formats_rfc3339_utc_milliseconds():
+    hk = datetime(2024, 5, 1, 8, 0, 0, 123456, tzinfo=__import__("zoneinfo").ZoneInfo("Asia/Hong_Kong"))
+    assert format_rfc3339(hk) == "2024-05-01T00:00:00.123Z"
+    assert format_rfc3339(datetime(2022, 11, 7, tzinfo=UTC)) == "2022-11-07T00:00:00.000Z"
+
+    with local_server(lambda path, q, h: (200, {}, envelope([]))) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            list(client.iter_summary_pages(hk, hk + timedelta(days=1)))
+    assert hits[0]["startAt"] == ["2024-05-01T00:00:00.123Z"]
+    assert hits[0]["endAt"] == ["2024-05-02T00:00:00.123Z"]
+    assert hits[0]["offset"] == ["0"] and hits[0]["limit"] == ["500"]
+
+
+def test_client_naive_datetime_raises_value_error_before_any_request():
+    with local_server(lambda path, q, h: (200, {}, envelope([]))) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN) as client:
+            with pytest.raises(ValueError, match="naive"):
+                client.iter_summary_pages(datetime(2024, 5, 1), datetime(2024, 5, 2, tzinfo=UTC))
+    assert hits == []
+
+
+# --- retries per fault kind -------------------------------------------------------------------
+
+
+def _fault_workload(client: CinnoxClient, history_id: str) -> tuple[list[dict], list[dict]]:
+    summary = records_of(client.iter_summary_pages(WEEK_START, WEEK_END))
+    detail = records_of(client.iter_detail_pages(history_id))
+    return summary, detail
+
+
+@pytest.mark.parametrize("kind", sorted(ALL_FAULT_KINDS))
+def test_client_fault_kind_is_retried_to_exactly_the_fault_free_records(kind, caplog):
+    common = dict(campaigns_per_day=3, recipients_per_campaign=45, slow_seconds=2.0)
+    with SimulatorServer(sim_config(**common)) as clean_srv, make_client(clean_srv, page_size=10) as clean:
+        history_id = clean_srv.simulator.summary_records(WEEK_START, WEEK_END)[0]["id"]
+        expected = _fault_workload(clean, history_id)
+
+    faulty_config = sim_config(**common, fault_rate=0.3, fault_kinds=(kind,))
+    with SimulatorServer(faulty_config) as srv, make_client(srv, page_size=10, read_timeout=0.3) as client:
+        got = _fault_workload(client, history_id)
+
+    assert got == expected
+    assert len(expected[0]) > 10 and len(expected[1]) > 10  # several pages of 10 each
+    stats = client.stats.as_dict()
+    assert stats["retries"] > 0 and stats["errors"] == stats["retries"]
+    assert stats["requests"] == stats["retries"] + clean.stats.requests
+    if kind in THROTTLE_KINDS:
+        assert stats["throttles"] == stats["retries"]
+    else:
+        assert stats["throttles"] == 0
+    assert all(isinstance(v, int | float) for v in stats.values())
+    assert "CINNOX retry" in caplog.text
+    assert_no_token(TOKEN, None, caplog)
+
+
+def test_client_retry_after_header_is_honoured():
+    slept: list[float] = []
+    config = sim_config(fault_rate=0.5, fault_kinds=("429_retry_after",))
+    with SimulatorServer(config) as srv, make_client(srv, sleep=slept.append, backoff_max_s=3600.0) as client:
+        got = records_of(client.iter_summary_pages(WEEK_START, WEEK_END))
+        expected = srv.simulator.summary_records(WEEK_START, WEEK_END)
+
+    assert got == expected
+    assert slept, "no 429 was injected"
+    assert len(slept) == client.stats.throttles == client.stats.retries
+    # the simulator's Retry-After is an integer number of seconds >= 1; jitter would give floats < 0.02
+    assert all(s >= 1 and s == int(s) for s in slept), slept
+
+
+def test_client_retry_after_is_capped_at_backoff_max():
+    slept: list[float] = []
+    config = sim_config(fault_rate=0.5, fault_kinds=("429_retry_after",))
+    with SimulatorServer(config) as srv, make_client(srv, sleep=slept.append, backoff_max_s=0.25) as client:
+        list(client.iter_summary_pages(WEEK_START, WEEK_END))
+    assert slept and all(s == 0.25 for s in slept), slept
+
+
+def test_client_retry_after_http_date_is_honoured():
+    slept: list[float] = []
+    calls = {"n": 0}
+
+    def respond(path, query, headers):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            when = format_datetime(datetime.now(UTC) + timedelta(seconds=20), usegmt=True)
+            return 429, {"Retry-After": when}, b'{"code": 6451010, "message": "Too many requests"}'
+        return 200, {}, envelope([{"id": "a"}])
+
+    with local_server(respond) as (base_url, _hits):
+        with CinnoxClient(base_url, "app", TOKEN, sleep=slept.append, rate_limit_per_min=None) as client:
+            rows = records_of(client.iter_detail_pages("h1"))
+    assert rows == [{"id": "a"}]
+    assert len(slept) == 1 and 18 <= slept[0] <= 20
+
+
+def test_client_throttle_without_retry_after_uses_jittered_backoff():
+    slept: list[float] = []
+    config = sim_config(fault_rate=0.5, fault_kinds=("429_no_retry_after",))
+    with SimulatorServer(config) as srv, make_client(srv, sleep=slept.append, backoff_base_s=0.1, backoff_max_s=0.4) as client:
+        list(client.iter_summary_pages(WEEK_START, WEEK_END))
+    assert slept and all(0 <= s <= 0.4 for s in slept)
+    assert len(set(slept)) == len(slept)  # jittered, not a constant
+
+
+# --- fatal errors -----------------------------------------------------------------------------
+
+
+def test_client_bad_token_raises_auth_error_after_one_request(caplog):
+    wrong = "wrong-token-also-secret-42"
+    with SimulatorServer(sim_config()) as srv, make_client(srv, token=wrong) as client:
+        with pytest.raises(AuthError) as info:
+            list(client.iter_summary_pages(WEEK_START, WEEK_END))
+
+    error = info.value
+    assert error.status in (401, 403)
+    assert "CINNOX_APP_TOKEN" in str(error) and "\n" not in str(error)
+    assert client.stats.requests == 1 and client.stats.retries == 0
+    assert not isinstance(error, RetriableError)
+    assert_no_token(wrong, error, caplog)
+    assert_no_token(TOKEN, error, caplog)
+
+
+def test_client_end_before_start_raises_bad_request_6451000_without_retry(caplog):
+    with SimulatorServer(sim_config()) as srv, make_client(srv) as client:
+        with pytest.raises(BadRequestError) as info:
+            list(client.iter_summary_pages(WEEK_END, WEEK_START))
+
+    error = info.value
+    assert error.code == settings.CODE_BAD_PARAMETERS and error.status == 400
+    assert str(error).startswith('CINNOX 400 code=6451000 "')
+    assert f"on GET /v1/api/apps/{srv.app_id}/data/sent-campaigns-summary?startAt=" in str(error)
+    assert client.stats.requests == 1 and client.stats.retries == 0
+    assert "CINNOX retry" not in caplog.text
+    assert_no_token(TOKEN, error, caplog)
+
+
+def test_client_server_down_raises_retries_exhausted_within_bound(caplog):
+    with SimulatorServer(sim_config(down=True)) as srv, make_client(srv, max_attempts=4) as client:
+        started = time.monotonic()
+        with pytest.raises(RetriesExhaustedError) as info:
+            list(client.iter_summary_pages(WEEK_START, WEEK_END))
+        elapsed = time.monotonic() - started
+
+    error = info.value
+    assert error.attempts == 4 and client.stats.requests == 4 and client.stats.retries == 3
+    assert isinstance(error.last_error, RetriableError)
+    assert 0 < error.elapsed_s <= elapsed <= client.worst_case_retry_seconds()
+    assert "gave up after 4 attempts" in str(error)
+    assert caplog.text.count("CINNOX retry") == 3
+    assert_no_token(TOKEN, error, caplog)
+
+
+def test_client_connection_refused_raises_retries_exhausted(caplog):
+    with local_server(lambda p, q, h: (200, {}, b"")) as (base_url, _hits):
+        pass  # the port is closed again: connections are refused
+    with CinnoxClient(
+        base_url, "app", TOKEN, max_attempts=3, backoff_base_s=0.001, backoff_max_s=0.01, rate_limit_per_min=None
+    ) as client:
+        with pytest.raises(RetriesExhaustedError) as info:
+            client.get_json("/v1/x", {"offset": 0})
+    assert info.value.status is None and client.stats.requests == 3
+    assert client.stats.as_dict()["errors_connection"] == 3
+    assert_no_token(TOKEN, info.value, caplog)
+
+
+def test_client_body_code_under_http_200_is_authoritative():
+    bodies = {
+        "/fatal": (200, b'{"code": 6450001, "message": "method not found"}'),
+        "/bad": (200, b'{"code": 6451000, "message": "negative offset"}'),
+        "/notjson": (200, b'{"code": 0, "result": [{"id": '),
+    }
+    with local_server(lambda p, q, h: (bodies[p][0], {}, bodies[p][1])) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, max_attempts=2, backoff_max_s=0.01, rate_limit_per_min=None) as c:
+            with pytest.raises(FatalError) as fatal:
+                c.get_json("/fatal", {})
+            with pytest.raises(BadRequestError) as bad:
+                c.get_json("/bad", {})
+            with pytest.raises(RetriesExhaustedError) as truncated:
+                c.get_json("/notjson", {})
+    assert fatal.value.code == 6450001 and type(fatal.value) is FatalError
+    assert bad.value.code == 6451000 and bad.value.status == 200
+    assert "not valid JSON" in str(truncated.value.last_error)
+    assert len(hits) == 1 + 1 + 2
+
+
+# --- paging guards ----------------------------------------------------------------------------
+
+
+def test_client_endless_paging_raises_payload_error():
+    def ignore_offset(path, query, headers):
+        limit = int(query["limit"][0])
+        return 200, {}, envelope([{"id": "c1", "n": i} for i in range(limit)])
+
+    with local_server(ignore_offset) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, page_size=5, rate_limit_per_min=None) as client:
+            pages = client.iter_detail_pages("h1")
+            first = next(pages)
+            with pytest.raises(PayloadError, match="repeats the previous page"):
+                next(pages)
+    assert len(first.records) == 5
+    assert [q["offset"] for q in hits] == [["0"], ["5"]]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"code": 0}', b'{"code": 0, "result": {"id": 1}}', b'{"code": 0, "result": [1, 2]}', b"[]"],
+)
+def test_client_unexpected_envelope_raises_payload_error(body):
+    with local_server(lambda p, q, h: (200, {}, body)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            with pytest.raises(PayloadError):
+                list(client.iter_detail_pages("h1"))
+    assert len(hits) == 1
+
+
+# --- pacing -----------------------------------------------------------------------------------
+
+
+def test_rate_limiter_keeps_n_starts_per_window_across_threads():
+    limiter = RateLimiter(600)  # one start per 0.1 s: at most 5 in any 0.5 s window
+    starts: list[float] = []
+    lock = threading.Lock()
+    deadline = time.monotonic() + 1.0
+
+    def worker():
+        while time.monotonic() < deadline:
+            limiter.acquire()
+            with lock:
+                starts.append(time.monotonic())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    starts.sort()
+    window = 0.5 - 0.03  # 30 ms allowance for thread wake-up latency
+    busiest = max(sum(1 for s in starts if t0 <= s < t0 + window) for t0 in starts)
+    assert busiest <= 5, starts
+    # shared: 4 unpaced threads would start thousands in 1 s, 4 separately paced ones about 40
+    in_run = [s for s in starts if s < deadline]
+    assert 9 <= len(in_run) <= 11, len(in_run)
+
+
+def test_rate_limiter_disabled_never_waits():
+    for limiter in (RateLimiter(None), RateLimiter(0)):
+        started = time.monotonic()
+        waits = [limiter.acquire() for _ in range(1000)]
+        assert sum(waits) == 0 and time.monotonic() - started < 0.5
+
+
+def test_client_rate_limit_paces_requests_and_records_wait():
+    with local_server(lambda p, q, h: (200, {}, envelope([]))) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=1200) as client:
+            started = time.monotonic()
+            for _ in range(6):
+                client.get_json("/v1/x", {})
+            elapsed = time.monotonic() - started
+    assert len(hits) == 6
+    assert elapsed >= 5 * 0.05 - 0.01
+    assert client.stats.wait_s > 0.1 and client.stats.as_dict()["wait_s"] > 0.1
+
+
+def test_client_default_rate_limit_comes_from_settings():
+    client = CinnoxClient("https://example.invalid", "app", TOKEN)
+    assert client.rate_limiter.requests_per_minute == settings.DEFAULT_RATE_LIMIT_PER_MIN
+    assert client.rate_limiter.interval_s == pytest.approx(60 / settings.DEFAULT_RATE_LIMIT_PER_MIN)
+    client.close()
+
+
+# --- configuration, bounds, errors, stats ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "base_url",
+    ["", "ftp://host", "host:8080", "https://", f"https://user:{TOKEN}@host", "https://host/?a=1", "https://h:99999"],
+)
+def test_client_bad_base_url_raises_config_error_naming_the_variable(base_url):
+    with pytest.raises(ConfigError) as info:
+        CinnoxClient(base_url, "app", TOKEN)
+    assert "CINNOX_BASE_URL" in str(info.value) and "\n" not in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+def test_client_empty_credentials_raise_config_error_naming_the_variable():
+    with pytest.raises(ConfigError, match="CINNOX_APP_TOKEN"):
+        CinnoxClient("https://api.example.com", "app", "  ")
+    with pytest.raises(ConfigError, match="CINNOX_APP_ID"):
+        CinnoxClient("https://api.example.com", "", TOKEN)
+
+
+def test_client_accepts_base_url_with_port_and_prefix_and_sends_headers():
+    seen: list[dict] = []
+
+    def respond(path, query, headers):
+        seen.append({"path": path, **headers})
+        return 200, {}, envelope([])
+
+    with local_server(respond) as (base_url, _hits):
+        with CinnoxClient(base_url + "/prefix/", "my app", TOKEN, rate_limit_per_min=None) as client:
+            list(client.iter_detail_pages("h1"))
+            assert TOKEN not in repr(client)
+    assert seen[0]["path"] == "/prefix/v1/api/apps/my%20app/data/sent-campaigns-detail"
+    assert seen[0]["Authorization"] == f"Bearer {TOKEN}"
+    assert seen[0]["Content-Type"] == "application/json" and seen[0]["accept"] == "application/json"
+
+
+def test_client_worst_case_retry_seconds_with_defaults():
+    client = CinnoxClient("https://api.example.com", "app", TOKEN)
+    # 6 attempts x (5 s connect + 30 s read) + 5 sleeps x 30 s + 6 limiter slots of 60/450 s
+    assert client.worst_case_retry_seconds() == pytest.approx(6 * 35 + 5 * 30 + 6 * 60 / 450)
+    client.close()
+
+
+def test_errors_str_is_one_line_with_code_and_message():
+    error = BadRequestError(
+        "endAt is prior\nto startAt", status=400, code=6451000, url="/v1/api/apps/x/data/sent-campaigns-summary"
+    )
+    assert str(error) == 'CINNOX 400 code=6451000 "endAt is prior to startAt" on GET /v1/api/apps/x/data/sent-campaigns-summary'
+    throttled = ThrottledError("Too many requests", status=429, retry_after=2.0, url="/p")
+    exhausted = RetriesExhaustedError(attempts=3, elapsed_s=1.25, last_error=throttled)
+    assert str(exhausted).startswith("CINNOX gave up after 3 attempts in 1.2s on GET /p; last error: CINNOX 429")
+    for err in (error, throttled, exhausted, AuthError("no", status=401, url="/p"), PayloadError("x")):
+        assert isinstance(err, CinnoxError) and isinstance(err, CampaignPipelineError)
+        clone = pickle.loads(pickle.dumps(err))
+        assert type(clone) is type(err) and str(clone) == str(err)
+    assert issubclass(ThrottledError, RetriableError) and issubclass(AuthError, FatalError)
+    assert not issubclass(PayloadError, RetriableError | FatalError)
+
+
+def test_request_stats_merge_snapshot_and_as_dict():
+    a, b = RequestStats(), RequestStats()
+    a.add(requests=2, retries=1, nbytes=10, error="http_503")
+    b.add(requests=1, throttles=1, wait_s=0.5, error="http_429")
+    b.add(error="http_503")
+    snap = a.snapshot()
+    a.merge(b)
+    assert snap.requests == 2 and snap.errors == {"http_503": 1}
+    assert a.as_dict() == {
+        "requests": 3,
+        "retries": 1,
+        "throttles": 1,
+        "bytes": 10,
+        "errors": 3,
+        "wait_s": 0.5,
+        "errors_http_429": 1,
+        "errors_http_503": 2,
+    }
