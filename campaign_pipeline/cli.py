@@ -69,6 +69,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(f"backfill done: {days} day(s), {outcome.materializations} materializations, run {outcome.run_id}",
           file=sys.stderr)
+    if outcome.warned_checks:
+        print(f"check warnings: {', '.join(outcome.warned_checks)}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -26,6 +26,7 @@ class BackfillOutcome:
     failure: str | None
     materializations: int
     failed_checks: list[str]
+    warned_checks: list[str]
 
 
 def run_backfill(
@@ -64,17 +65,22 @@ def run_backfill(
             if error is not None:
                 failure = _root_message(error)
                 break
-    failed_checks = [
-        f"{e.asset_key.to_user_string()}:{e.check_name}"
-        for e in (ev.event_specific_data for ev in result.all_events if ev.event_type_value == "ASSET_CHECK_EVALUATION")
-        if not e.passed
-    ]
+    evaluations = [ev.event_specific_data for ev in result.all_events
+                   if ev.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION]
+    failed_checks, warned_checks = [], []
+    for evaluation in evaluations:
+        if not evaluation.passed:
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            target = failed_checks if evaluation.severity == dg.AssetCheckSeverity.ERROR else warned_checks
+            if name not in target:
+                target.append(name)
     return BackfillOutcome(
         success=result.success,
         run_id=result.run_id,
         failure=failure,
         materializations=len(result.get_asset_materialization_events()),
         failed_checks=failed_checks,
+        warned_checks=warned_checks,
     )
 
 
@@ -82,5 +88,5 @@ def _root_message(error) -> str:
     """The innermost cause of a serialized Dagster error, as one line."""
     while error.cause is not None:
         error = error.cause
-    message = error.message.strip().splitlines()
-    return message[-1] if message else error.cls_name or "unknown error"
+    lines = [line.strip() for line in error.message.strip().splitlines() if line.strip()]
+    return " ".join(lines) if lines else error.cls_name or "unknown error"
