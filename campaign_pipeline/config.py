@@ -14,6 +14,11 @@ Environment (see ``.env.example``)::
     CAMPAIGN_PARTITION_TZ     IANA timezone of the day boundaries, default UTC
     CAMPAIGN_LOOKBACK_DAYS    days the daily schedule re-materializes, default 3
     CAMPAIGN_FETCH_WORKERS    parallel detail fetches, default 8
+    CAMPAIGN_PII_MODE         raw (default) | hash: recipients as HMAC-SHA256, SMS content dropped
+    CAMPAIGN_PII_SALT         the HMAC key, required with CAMPAIGN_PII_MODE=hash (a secret)
+    CINNOX_READ_TIMEOUT_S     per-request read timeout, default 30
+    CINNOX_MAX_ATTEMPTS       attempts per request (retries + 1), default 6
+    CINNOX_BACKOFF_MAX_S      cap of one backoff sleep, default 30
     CAMPAIGN_SIM_*            simulator knobs (seed, campaigns per day, recipients per campaign)
 
 Nothing here reads the environment at import time.
@@ -30,12 +35,14 @@ from pathlib import Path
 
 from campaign_pipeline import settings
 from campaign_pipeline.errors import ConfigError
+from campaign_pipeline.pii import PII_MODE_HASH, PII_MODE_RAW, PII_MODES, RecipientHasher
 from campaign_pipeline.windows import load_timezone
 
 SOURCE_CINNOX = "cinnox"
 SOURCE_SIMULATOR = "simulator"
 SOURCES = (SOURCE_CINNOX, SOURCE_SIMULATOR)
 SOURCE_MARKER = ".campaign_source"
+PII_MARKER = ".campaign_pii_mode"
 _BASE_URL = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?(/[^\s?#]*)?$")
 
 
@@ -54,6 +61,21 @@ class PipelineConfig:
     partition_tz: str = settings.DEFAULT_PARTITION_TZ
     lookback_days: int = 3
     fetch_workers: int = settings.DEFAULT_FETCH_WORKERS
+    pii_mode: str = PII_MODE_RAW
+    pii_salt: str | None = field(default=None, repr=False)
+    read_timeout_s: float = settings.DEFAULT_READ_TIMEOUT_S
+    max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS
+    backoff_max_s: float = settings.DEFAULT_BACKOFF_MAX_S
+
+    def client_options(self) -> dict:
+        """Keyword arguments for :class:`campaign_pipeline.client.CinnoxClient` (no secrets)."""
+        return {
+            "rate_limit_per_min": self.rate_limit_per_min,
+            "ca_bundle": self.ca_bundle,
+            "read_timeout": self.read_timeout_s,
+            "max_attempts": self.max_attempts,
+            "backoff_max_s": self.backoff_max_s,
+        }
 
     @property
     def lake_root(self) -> str:
@@ -88,6 +110,11 @@ class PipelineConfig:
             partition_tz=get("CAMPAIGN_PARTITION_TZ") or settings.DEFAULT_PARTITION_TZ,
             lookback_days=get("CAMPAIGN_LOOKBACK_DAYS") or 3,
             fetch_workers=get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS,
+            pii_mode=get("CAMPAIGN_PII_MODE") or PII_MODE_RAW,
+            pii_salt=env.get("CAMPAIGN_PII_SALT"),
+            read_timeout_s=get("CINNOX_READ_TIMEOUT_S") or settings.DEFAULT_READ_TIMEOUT_S,
+            max_attempts=get("CINNOX_MAX_ATTEMPTS") or settings.DEFAULT_MAX_ATTEMPTS,
+            backoff_max_s=get("CINNOX_BACKOFF_MAX_S") or settings.DEFAULT_BACKOFF_MAX_S,
         )
 
 
@@ -104,6 +131,11 @@ def validate(
     partition_tz: str = settings.DEFAULT_PARTITION_TZ,
     lookback_days: int | str = 3,
     fetch_workers: int | str = settings.DEFAULT_FETCH_WORKERS,
+    pii_mode: str = PII_MODE_RAW,
+    pii_salt: str | None = None,
+    read_timeout_s: float | str = settings.DEFAULT_READ_TIMEOUT_S,
+    max_attempts: int | str = settings.DEFAULT_MAX_ATTEMPTS,
+    backoff_max_s: float | str = settings.DEFAULT_BACKOFF_MAX_S,
 ) -> PipelineConfig:
     """Build a :class:`PipelineConfig`, failing fast on the first bad value with a one-line message."""
     source = (source or SOURCE_CINNOX).strip().lower()
@@ -122,6 +154,11 @@ def validate(
             )
         if ca_bundle and not Path(ca_bundle).is_file():
             raise ConfigError(f"CINNOX_CA_BUNDLE={ca_bundle!r} is not a readable file")
+    pii_mode = (pii_mode or PII_MODE_RAW).strip().lower()
+    if pii_mode not in PII_MODES:
+        raise ConfigError(f"CAMPAIGN_PII_MODE={pii_mode!r} is not one of {', '.join(PII_MODES)}")
+    if pii_mode == PII_MODE_HASH and not (pii_salt or "").strip():
+        raise ConfigError("CAMPAIGN_PII_SALT is required when CAMPAIGN_PII_MODE=hash; set it to a long random secret")
     tz = str(partition_tz).strip()
     load_timezone(tz)
     start = _parse_day(partition_start, "CAMPAIGN_PARTITION_START")
@@ -137,6 +174,11 @@ def validate(
         partition_tz=tz,
         lookback_days=_positive(lookback_days, "CAMPAIGN_LOOKBACK_DAYS", int),
         fetch_workers=_positive(fetch_workers, "CAMPAIGN_FETCH_WORKERS", int),
+        pii_mode=pii_mode,
+        pii_salt=(pii_salt or "").strip() or None,
+        read_timeout_s=_positive(read_timeout_s, "CINNOX_READ_TIMEOUT_S", float),
+        max_attempts=_positive(max_attempts, "CINNOX_MAX_ATTEMPTS", int),
+        backoff_max_s=_positive(backoff_max_s, "CINNOX_BACKOFF_MAX_S", float),
     )
 
 
@@ -162,8 +204,9 @@ def _positive(value, name: str, kind):
 def prepare_data_dir(config: PipelineConfig) -> None:
     """Create the data dir, prove it is writable, and refuse to mix simulator and real data.
 
-    The first run records its source in ``<data_dir>/.campaign_source``; a later run from the
-    other source fails instead of writing simulated rows beside real ones.
+    The first run records its source in ``<data_dir>/.campaign_source`` and its PII mode in
+    ``.campaign_pii_mode``; a later run with another source or mode fails instead of writing
+    simulated rows beside real ones, or clear recipients beside hashed ones.
     """
     data_dir = config.data_dir
     try:
@@ -175,13 +218,20 @@ def prepare_data_dir(config: PipelineConfig) -> None:
         raise ConfigError(
             f"CAMPAIGN_DATA_DIR={str(data_dir)!r} is not writable ({error.strerror}); point it at a writable directory"
         ) from None
-    marker = data_dir / SOURCE_MARKER
-    if marker.exists():
-        recorded = marker.read_text().strip()
-        if recorded != config.source:
-            raise ConfigError(
-                f"CAMPAIGN_DATA_DIR={str(data_dir)!r} holds {recorded} data but CAMPAIGN_SOURCE={config.source}; "
-                "use a separate data dir per source"
-            )
-    else:
-        marker.write_text(config.source + "\n")
+    for marker_name, variable, value in ((SOURCE_MARKER, "CAMPAIGN_SOURCE", config.source),
+                                         (PII_MARKER, "CAMPAIGN_PII_MODE", config.pii_mode)):
+        marker = data_dir / marker_name
+        if marker.exists():
+            recorded = marker.read_text().strip()
+            if recorded != value:
+                raise ConfigError(
+                    f"CAMPAIGN_DATA_DIR={str(data_dir)!r} holds {variable}={recorded} data but {variable}={value}; "
+                    "use a separate data dir"
+                )
+        else:
+            marker.write_text(value + "\n")
+
+
+def recipient_hasher(config: PipelineConfig) -> RecipientHasher | None:
+    """The landing-time pseudonymizer for ``CAMPAIGN_PII_MODE=hash``, else ``None``."""
+    return RecipientHasher(config.pii_salt) if config.pii_mode == PII_MODE_HASH else None

@@ -55,6 +55,9 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
                 app_token=_env(env, "CINNOX_APP_TOKEN", None),
                 ca_bundle=_env(env, "CINNOX_CA_BUNDLE", None),
                 rate_limit_per_min=float(env.get("CINNOX_RATE_LIMIT_PER_MIN") or settings.DEFAULT_RATE_LIMIT_PER_MIN),
+                read_timeout_s=float(env.get("CINNOX_READ_TIMEOUT_S") or settings.DEFAULT_READ_TIMEOUT_S),
+                max_attempts=int(env.get("CINNOX_MAX_ATTEMPTS") or settings.DEFAULT_MAX_ATTEMPTS),
+                backoff_max_s=float(env.get("CINNOX_BACKOFF_MAX_S") or settings.DEFAULT_BACKOFF_MAX_S),
                 fetch_workers=int(env.get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS),
                 simulator_seed=int(env.get("CAMPAIGN_SIM_SEED") or 7),
                 simulator_campaigns_per_day=int(env.get("CAMPAIGN_SIM_CAMPAIGNS_PER_DAY") or 8),
@@ -63,6 +66,8 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
             "storage": CampaignStorageResource(
                 data_dir=_env(env, "CAMPAIGN_DATA_DIR", default_dir),
                 source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),
+                pii_mode=_env(env, "CAMPAIGN_PII_MODE", "raw"),
+                pii_salt=_env(env, "CAMPAIGN_PII_SALT", None),
             ),
         },
     )

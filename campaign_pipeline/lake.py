@@ -25,8 +25,10 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from campaign_pipeline import settings
+from campaign_pipeline.crashpoints import crash_point
 
 RAW_FILENAME = "responses.ndjson.gz"
+_TEMP_MARK = ".tmp-"
 PARQUET_FILENAME = "part-0.parquet"
 
 
@@ -86,12 +88,14 @@ class Lake:
             with self.fs.open_output_stream(path, compression=None) as stream:
                 yield stream
             return
-        temp = f"{directory}/.{path.rsplit('/', 1)[1]}.tmp-{uuid.uuid4().hex}"
+        _remove_orphaned_temps(directory)
+        temp = f"{directory}/.{path.rsplit('/', 1)[1]}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
         try:
             with self.fs.open_output_stream(temp, compression=None) as stream:
                 yield stream
             with open(temp, "rb+") as handle:  # durable before it becomes visible
                 os.fsync(handle.fileno())
+            crash_point("file_before_rename")
             self.fs.move(temp, path)
         finally:
             if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
@@ -149,6 +153,40 @@ class RawWriter:
         self._gz.write(line + b"\n")
         self.pages += 1
         self.records += len(page_records)
+        crash_point("landing_page")
+
+
+def _remove_orphaned_temps(directory: str) -> None:
+    """Delete temporary files left by writers that died (their pid no longer runs).
+
+    Temporary names are hidden (``.name.tmp-<pid>-<uuid>``), so readers never saw them; this only
+    reclaims the space. A live writer's temporary file is left alone.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        if not name.startswith(".") or _TEMP_MARK not in name:
+            continue
+        pid_text = name.rsplit(_TEMP_MARK, 1)[1].split("-", 1)[0]
+        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+            try:
+                os.remove(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _lines(stream: pa.NativeFile, chunk_size: int = 1 << 20) -> Iterator[bytes]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from campaign_pipeline import quality, records
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.lake import Lake
+from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
 from campaign_pipeline.warehouse import Warehouse
 from campaign_pipeline.windows import PartitionWindow
@@ -73,12 +74,14 @@ def land_day(
     window: PartitionWindow,
     workers: int = 8,
     progress: ProgressCallback | None = None,
+    hasher: RecipientHasher | None = None,
 ) -> LandingResult:
     """Fetch one day from the API into its raw landing file, replacing it atomically.
 
     Summary pages are fetched first and written first; then every in-window campaign's detail
     pages are fetched by ``workers`` threads and appended as they arrive. If anything fails, the
-    previous landing file (if any) stays as it was.
+    previous landing file (if any) stays as it was. With a ``hasher`` (``CAMPAIGN_PII_MODE=hash``)
+    detail records are pseudonymized before they are written.
     """
     started = time.monotonic()
     before = client.stats.as_dict()
@@ -98,8 +101,9 @@ def land_day(
         def fetch_campaign(history_id: str) -> None:
             nonlocal done
             for page in client.iter_detail_pages(history_id):
+                page_records = hasher.redact_page(page.records) if hasher is not None else page.records
                 with write_lock:
-                    writer.write_page("detail", history_id, page.offset, page.records)
+                    writer.write_page("detail", history_id, page.offset, page_records)
             with write_lock:
                 done += 1
                 if progress is not None:

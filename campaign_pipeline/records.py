@@ -16,6 +16,8 @@ from typing import Any
 
 from campaign_pipeline import settings
 
+HASHED_RECIPIENT_PREFIX = "hmac:"
+_HASHED_RECIPIENT_LENGTH = len(HASHED_RECIPIENT_PREFIX) + 64
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
@@ -85,6 +87,7 @@ def normalize_recipient(value: Any) -> str:
     """Normalize a recipient phone number to E.164 text with a leading ``+``.
 
     Accepts a JSON number or a string with or without ``+`` and with spaces, dashes or dots.
+    A recipient already pseudonymized at landing (``hmac:`` + 64 hex digits) is kept as-is.
     """
     if isinstance(value, bool) or value is None or value == "":
         raise RecordRejected("missing recipient")
@@ -93,6 +96,8 @@ def normalize_recipient(value: Any) -> str:
     elif isinstance(value, float) and value.is_integer():
         digits = str(int(value))
     elif isinstance(value, str):
+        if value.startswith(HASHED_RECIPIENT_PREFIX) and len(value) == _HASHED_RECIPIENT_LENGTH:
+            return value  # already pseudonymized at landing (CAMPAIGN_PII_MODE=hash)
         digits = value.strip()
         digits = digits.removeprefix("+")
         if not digits.isdigit():

@@ -21,6 +21,7 @@ import pyarrow as pa
 from filelock import FileLock
 
 from campaign_pipeline import schemas
+from campaign_pipeline.crashpoints import crash_point
 from campaign_pipeline.errors import CampaignPipelineError
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Warehouse:
                     con.execute(f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition')
                     con.unregister("incoming_partition")
                     inserted[name] = table.num_rows
+                crash_point("warehouse_before_commit")
                 con.execute("COMMIT")
             except BaseException:
                 con.execute("ROLLBACK")

@@ -82,7 +82,7 @@ def test_cli_bad_token_fails_with_auth_message(simulator, tmp_path):
 def test_simulated_data_never_lands_in_a_real_data_dir(simulator, tmp_path):
     (tmp_path / ".campaign_source").write_text("simulator\n")
     result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-02"], sim_env(simulator, tmp_path))
-    assert result.returncode == 2 and "holds simulator data" in result.stderr
+    assert result.returncode == 2 and "holds CAMPAIGN_SOURCE=simulator data" in result.stderr
 
 
 def _free_port() -> int:

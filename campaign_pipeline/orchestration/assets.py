@@ -58,11 +58,11 @@ def build_assets(
         context: dg.AssetExecutionContext, cinnox: CinnoxResource, storage: CampaignStorageResource
     ) -> dg.MaterializeResult:
         storage.prepare()
-        lake = storage.lake()
+        lake, hasher = storage.lake(), storage.recipient_hasher()
         with cinnox.open_client() as client:
             for window in windows_of(context, tz_name):
                 landed = pipeline.land_day(client, lake, window, workers=cinnox.fetch_workers,
-                                           progress=context.log.debug)
+                                           progress=context.log.debug, hasher=hasher)
                 context.log.info(f"landed {window.key}: {landed.records} records in {landed.pages} pages")
                 context.add_asset_metadata(landed.as_metadata(), partition_key=window.key)
         return dg.MaterializeResult()

@@ -12,6 +12,7 @@ from campaign_pipeline import config as pipeline_config
 from campaign_pipeline import settings
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.lake import Lake
+from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.warehouse import Warehouse
 
 
@@ -25,6 +26,9 @@ class CinnoxResource(dg.ConfigurableResource):
     app_token: str | None = None
     ca_bundle: str | None = None
     rate_limit_per_min: float = settings.DEFAULT_RATE_LIMIT_PER_MIN
+    read_timeout_s: float = settings.DEFAULT_READ_TIMEOUT_S
+    max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS
+    backoff_max_s: float = settings.DEFAULT_BACKOFF_MAX_S
     fetch_workers: int = settings.DEFAULT_FETCH_WORKERS
     simulator_seed: int = 7
     simulator_campaigns_per_day: int = 8
@@ -40,6 +44,9 @@ class CinnoxResource(dg.ConfigurableResource):
             ca_bundle=self.ca_bundle,
             rate_limit_per_min=self.rate_limit_per_min,
             fetch_workers=self.fetch_workers,
+            read_timeout_s=self.read_timeout_s,
+            max_attempts=self.max_attempts,
+            backoff_max_s=self.backoff_max_s,
         )
 
     @contextmanager
@@ -55,12 +62,10 @@ class CinnoxResource(dg.ConfigurableResource):
                 recipients_per_campaign=self.simulator_recipients_per_campaign,
             )
             with SimulatorServer(sim_config) as server:
-                with CinnoxClient(server.base_url, server.app_id, server.token,
-                                  rate_limit_per_min=cfg.rate_limit_per_min) as client:
+                with CinnoxClient(server.base_url, server.app_id, server.token, **cfg.client_options()) as client:
                     yield client
             return
-        with CinnoxClient(cfg.base_url, cfg.app_id, cfg.app_token, ca_bundle=cfg.ca_bundle,
-                          rate_limit_per_min=cfg.rate_limit_per_min) as client:
+        with CinnoxClient(cfg.base_url, cfg.app_id, cfg.app_token, **cfg.client_options()) as client:
             yield client
 
 
@@ -69,12 +74,20 @@ class CampaignStorageResource(dg.ConfigurableResource):
 
     data_dir: str = settings.DEFAULT_DATA_DIR
     source: str = pipeline_config.SOURCE_CINNOX
+    pii_mode: str = "raw"
+    pii_salt: str | None = None
+
+    def _validated(self) -> pipeline_config.PipelineConfig:
+        return pipeline_config.validate(source=self.source, base_url="http://unused", app_id="-", app_token="-",
+                                        data_dir=self.data_dir, pii_mode=self.pii_mode, pii_salt=self.pii_salt)
 
     def prepare(self) -> None:
-        """Check the data dir is writable and belongs to this source (fails fast, one line)."""
-        cfg = pipeline_config.validate(source=self.source, base_url="http://unused", app_id="-", app_token="-",
-                                       data_dir=self.data_dir)
-        pipeline_config.prepare_data_dir(cfg)
+        """Check the data dir is writable and belongs to this source and PII mode (fails fast, one line)."""
+        pipeline_config.prepare_data_dir(self._validated())
+
+    def recipient_hasher(self) -> RecipientHasher | None:
+        """The landing-time pseudonymizer when ``pii_mode`` is ``hash``."""
+        return pipeline_config.recipient_hasher(self._validated())
 
     def lake(self) -> Lake:
         """The Parquet lake."""
