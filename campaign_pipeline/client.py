@@ -13,6 +13,7 @@ import http.client
 import logging
 import math
 import random
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -246,7 +247,9 @@ def format_rfc3339(value: datetime) -> str:
     if not isinstance(value, datetime):
         raise TypeError(f"expected a datetime, got {type(value).__name__}")
     if value.tzinfo is None or value.utcoffset() is None:
-        raise ValueError(f"naive datetime {value.isoformat()} given; pass an aware datetime (e.g. tzinfo=UTC)")
+        raise ValueError(
+            f"naive datetime {value.isoformat()} given; pass an aware datetime (e.g. tzinfo=UTC)"
+        )
     utc = value.astimezone(UTC)
     return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
 
@@ -295,6 +298,35 @@ def _validate_base_url(base_url: str) -> str:
 def _one_line(text: object, limit: int = 300) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+_URL_IN_TEXT = re.compile(r"url: \S+")
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    """The innermost exception wrapped by requests / urllib3 (they nest via ``args[0]`` and ``.reason``)."""
+    seen = {id(exc)}
+    current = exc
+    while True:
+        inner = (
+            getattr(current, "reason", None)
+            if isinstance(current, urllib3.exceptions.MaxRetryError)
+            else None
+        )
+        if inner is None and current.args and isinstance(current.args[0], BaseException):
+            inner = current.args[0]
+        if not isinstance(inner, BaseException) or id(inner) in seen:
+            return current
+        seen.add(id(inner))
+        current = inner
+
+
+def _reason(error: CinnoxError) -> str:
+    """Short one-line cause for a retry log line (the URL is logged separately)."""
+    head = f"HTTP {error.status}" if error.status is not None else "no response"
+    if error.code is not None:
+        head += f" code={error.code}"
+    return f"{head}: {error.cinnox_message}" if error.cinnox_message else head
 
 
 class CinnoxClient:
@@ -481,27 +513,43 @@ class CinnoxClient:
 
         if status == 429 or code == settings.CODE_TOO_MANY_REQUESTS:
             kind = "http_429" if status == 429 else f"body_{code}"
-            return None, ThrottledError(
-                message or "too many requests", retry_after=self._retry_after_seconds(response), **common
-            ), kind
+            return (
+                None,
+                ThrottledError(
+                    message or "too many requests", retry_after=self._retry_after_seconds(response), **common
+                ),
+                kind,
+            )
         if code == settings.CODE_BAD_RESPONSE:
             return None, RetriableError(message or "bad response from the service", **common), f"body_{code}"
         if status >= 500:
-            return None, RetriableError(message or response.reason or "server error", **common), f"http_{status}"
+            return (
+                None,
+                RetriableError(message or response.reason or "server error", **common),
+                f"http_{status}",
+            )
         if status in (401, 403):
             return None, AuthError(message or response.reason or "unauthorized", **common), f"http_{status}"
         if 400 <= status < 500:
-            return None, BadRequestError(message or response.reason or "bad request", **common), f"http_{status}"
+            return (
+                None,
+                BadRequestError(message or response.reason or "bad request", **common),
+                f"http_{status}",
+            )
         if not 200 <= status < 300:
             return None, FatalError(message or f"unexpected HTTP status {status}", **common), f"http_{status}"
         if not decoded:
-            return None, RetriableError(
-                f"body is not valid JSON (truncated?), {len(content)} bytes", **common
-            ), "invalid_json"
+            return (
+                None,
+                RetriableError(f"body is not valid JSON (truncated?), {len(content)} bytes", **common),
+                "invalid_json",
+            )
         if not isinstance(body, dict):
-            return None, PayloadError(
-                f"expected a JSON object, got {type(body).__name__}", **common
-            ), "payload"
+            return (
+                None,
+                PayloadError(f"expected a JSON object, got {type(body).__name__}", **common),
+                "payload",
+            )
         if code is not None and code != settings.CODE_OK:
             if code == settings.CODE_BAD_PARAMETERS:
                 return None, BadRequestError(message or "bad parameters", **common), f"body_{code}"
@@ -510,7 +558,11 @@ class CinnoxClient:
 
     def _transport_error(self, exc: Exception, url: str) -> tuple[CinnoxError, str]:
         """Map a requests / urllib3 exception to our error tree and an error kind."""
-        description = f"{type(exc).__name__}: {self._redact(exc)}"
+        # urllib3 texts can embed the full URL; describe the root cause and swap any URL for the safe one
+        root = _root_cause(exc)
+        detail = _URL_IN_TEXT.sub(f"url: {url}", str(root))
+        name = type(exc).__name__ if root is exc else f"{type(exc).__name__}/{type(root).__name__}"
+        description = self._redact(f"{name}: {detail}")
         if isinstance(exc, requests.exceptions.SSLError) and "certificate" in str(exc).lower():
             return FatalError(f"TLS verification failed, check ca_bundle: {description}", url=url), "tls"
         if isinstance(exc, requests.exceptions.ConnectTimeout):
@@ -527,10 +579,10 @@ class CinnoxClient:
             return RetriableError(description, url=url), kind
         return FatalError(description, url=url), "request"
 
-    def _backoff_seconds(self, retry_index: int, error: CinnoxError) -> float:
+    def _backoff_seconds(self, retry_index: int, retry_after: float | None) -> float:
         """Delay before retry number ``retry_index`` (0-based): Retry-After if given, else full jitter."""
-        if isinstance(error, ThrottledError) and error.retry_after is not None:
-            return min(error.retry_after, self.backoff_max_s)
+        if retry_after is not None:
+            return min(retry_after, self.backoff_max_s)
         ceiling = min(self.backoff_max_s, self.backoff_base_s * 2**retry_index)
         return self._random.uniform(0.0, ceiling)
 
@@ -554,6 +606,7 @@ class CinnoxClient:
         for attempt in range(1, self.max_attempts + 1):
             waited = self.rate_limiter.acquire()
             self.stats.add(requests=1, wait_s=waited)
+            retry_after: float | None = None
             try:
                 response = self.session.get(
                     url,
@@ -574,23 +627,22 @@ class CinnoxClient:
                 body, error, kind = self._classify(response, content, safe_url)
                 if error is None:
                     return body, len(content)
+                retry_after = self._retry_after_seconds(response)  # honoured on 503s too
 
-            self.stats.add(
-                error=kind, throttles=1 if isinstance(error, ThrottledError) else 0
-            )
+            self.stats.add(error=kind, throttles=1 if isinstance(error, ThrottledError) else 0)
             if not isinstance(error, RetriableError):
                 raise error
             last_error = error
             if attempt == self.max_attempts:
                 break
-            delay = self._backoff_seconds(attempt - 1, error)
+            delay = self._backoff_seconds(attempt - 1, retry_after)
             self.stats.add(retries=1)
             self._log.warning(
                 "CINNOX retry: GET %s attempt %d/%d failed (%s); sleeping %.2fs",
                 safe_url,
                 attempt,
                 self.max_attempts,
-                self._redact(error),
+                self._redact(_reason(error)),
                 delay,
             )
             self._sleep(delay)
@@ -638,7 +690,9 @@ class CinnoxClient:
                     status=200,
                     url=safe_url,
                 )
-            yield Page(endpoint=endpoint, offset=offset, records=records, nbytes=nbytes, history_id=history_id)
+            yield Page(
+                endpoint=endpoint, offset=offset, records=records, nbytes=nbytes, history_id=history_id
+            )
             if not full:
                 return
             previous = records

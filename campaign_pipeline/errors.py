@@ -135,7 +135,9 @@ class ThrottledError(RetriableError):
         retry_after: seconds the server asked us to wait (``Retry-After``), or ``None``.
     """
 
-    def __init__(self, cinnox_message: str | None = None, *, retry_after: float | None = None, **kwargs) -> None:
+    def __init__(
+        self, cinnox_message: str | None = None, *, retry_after: float | None = None, **kwargs
+    ) -> None:
         self.retry_after = retry_after
         super().__init__(cinnox_message, **kwargs)
 

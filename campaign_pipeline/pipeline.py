@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from campaign_pipeline import quality, records
 from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
@@ -27,6 +28,10 @@ from campaign_pipeline.windows import PartitionWindow
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str], None]
+
+
+class LandingMissingError(CampaignPipelineError):
+    """A re-split was asked for a day that was never landed."""
 
 
 @dataclass
@@ -75,13 +80,15 @@ def land_day(
     workers: int = 8,
     progress: ProgressCallback | None = None,
     hasher: RecipientHasher | None = None,
+    splitter: DaySplitter | None = None,
 ) -> LandingResult:
     """Fetch one day from the API into its raw landing file, replacing it atomically.
 
     Summary pages are fetched first and written first; then every in-window campaign's detail
     pages are fetched by ``workers`` threads and appended as they arrive. If anything fails, the
     previous landing file (if any) stays as it was. With a ``hasher`` (``CAMPAIGN_PII_MODE=hash``)
-    detail records are pseudonymized before they are written.
+    detail records are pseudonymized before they are written. With a ``splitter``, every page is
+    also typed as it arrives, so the day needs no second pass over the landing file.
     """
     started = time.monotonic()
     before = client.stats.as_dict()
@@ -91,6 +98,8 @@ def land_day(
         for page in client.iter_summary_pages(window.start_utc, window.end_utc):
             writer.write_page("summary", None, page.offset, page.records)
             summary_records.extend(page.records)
+            if splitter is not None:
+                splitter.add_summary_records(page.records)
         result.campaigns_listed = len(summary_records)
         campaign_ids = campaigns_in_window(summary_records, window)
         del summary_records
@@ -104,6 +113,8 @@ def land_day(
                 page_records = hasher.redact_page(page.records) if hasher is not None else page.records
                 with write_lock:
                     writer.write_page("detail", history_id, page.offset, page_records)
+                    if splitter is not None:
+                        splitter.add_detail_records(history_id, page_records)
             with write_lock:
                 done += 1
                 if progress is not None:
@@ -132,8 +143,30 @@ def land_day(
     return result
 
 
+def ingest_day(
+    client: CinnoxClient,
+    lake: Lake,
+    warehouse: Warehouse,
+    window: PartitionWindow,
+    workers: int = 8,
+    progress: ProgressCallback | None = None,
+    hasher: RecipientHasher | None = None,
+    publish: bool = True,
+) -> tuple[LandingResult, DayTables, dict[str, int]]:
+    """Land, split and (unless ``publish`` is false) publish one day in a single streaming pass."""
+    splitter = DaySplitter(window)
+    landed = land_day(client, lake, window, workers=workers, progress=progress, hasher=hasher, splitter=splitter)
+    day_tables = splitter.finish()
+    inserted = publish_day(lake, warehouse, day_tables) if publish else {}
+    return landed, day_tables, inserted
+
+
 def split_day(lake: Lake, window: PartitionWindow) -> DayTables:
     """Type one day's landed pages into tables. Makes no API call."""
+    if not lake.has_raw(window.day):
+        raise LandingMissingError(
+            f"no landed data for {window.key}; run the backfill without --resplit to fetch it from the API"
+        )
     splitter = DaySplitter(window)
     for page in lake.iter_raw_pages(window.day):
         if page.endpoint == "summary":

@@ -9,6 +9,7 @@ parameters; identifiers come only from :mod:`campaign_pipeline.schemas`.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
 DEFAULT_OPEN_TIMEOUT_S = 120.0
+_META_TABLE = "_campaign_pipeline_meta"
 
 
 class WarehouseError(CampaignPipelineError):
@@ -52,8 +54,7 @@ class Warehouse:
         with self._lock:
             con = _connect_with_retry(str(self.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
             try:
-                ensure_schema(con)
-                ensure_views(con)
+                prepare(con)
                 yield con
             finally:
                 con.close()
@@ -107,6 +108,25 @@ def ensure_views(con: duckdb.DuckDBPyConnection) -> list[str]:
         con.execute(statement)
         applied.append(name)
     return applied
+
+
+def definitions_digest() -> str:
+    """A hash of every DDL and view statement this code would apply."""
+    text = "\n".join(schemas.duckdb_ddl(spec) for spec in schemas.TABLES.values())
+    text += "\n".join(statement for _, statement in view_statements())
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def prepare(con: duckdb.DuckDBPyConnection) -> None:
+    """Create/verify tables and (re)create views, unless this exact code already did so for this file."""
+    digest = definitions_digest()
+    con.execute(f'CREATE TABLE IF NOT EXISTS "{_META_TABLE}" (key VARCHAR PRIMARY KEY, value VARCHAR)')
+    row = con.execute(f'SELECT value FROM "{_META_TABLE}" WHERE key = ?', ["definitions_digest"]).fetchone()
+    if row is not None and row[0] == digest:
+        return
+    ensure_schema(con)
+    ensure_views(con)
+    con.execute(f'INSERT OR REPLACE INTO "{_META_TABLE}" VALUES (?, ?)', ["definitions_digest", digest])
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -1,6 +1,7 @@
 """Dagster assets: thin wrappers that map a partition range onto :mod:`campaign_pipeline.pipeline`."""
 
 
+import contextlib
 from datetime import date
 
 import dagster as dg
@@ -34,44 +35,34 @@ def check_evaluation(outcome: quality.CheckOutcome, partition_key: str) -> dg.As
     )
 
 
+RAW_DESCRIPTION = (
+    "One gzip NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
+    "(the day's summary pages, then each campaign's detail pages), records kept verbatim (pseudonymized with "
+    "CAMPAIGN_PII_MODE=hash) so a day can be re-split without calling the API."
+)
+
+
 def build_assets(
     partitions: dg.DailyPartitionsDefinition,
     rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
 ) -> list[dg.AssetsDefinition]:
-    """The partitioned assets of the pipeline (and their checks), for the given daily partitions."""
-    tz_name = partitions.timezone
-    backfill_policy = dg.BackfillPolicy.single_run()
+    """The partitioned assets of the pipeline (and their checks), for the given daily partitions.
 
-    @dg.asset(
-        key=RAW_RESPONSES_KEY,
-        partitions_def=partitions,
-        backfill_policy=backfill_policy,
-        group_name=GROUP,
-        kinds={"json"},
-        description=(
-            "One gzip NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API "
-            "response page (the day's summary pages, then each campaign's detail pages), records kept "
-            "verbatim so a day can be re-split without calling the API."
-        ),
-    )
-    def raw_campaign_responses(
-        context: dg.AssetExecutionContext, cinnox: CinnoxResource, storage: CampaignStorageResource
-    ) -> dg.MaterializeResult:
-        storage.prepare()
-        lake, hasher = storage.lake(), storage.recipient_hasher()
-        with cinnox.open_client() as client:
-            for window in windows_of(context, tz_name):
-                landed = pipeline.land_day(client, lake, window, workers=cinnox.fetch_workers,
-                                           progress=context.log.debug, hasher=hasher)
-                context.log.info(f"landed {window.key}: {landed.records} records in {landed.pages} pages")
-                context.add_asset_metadata(landed.as_metadata(), partition_key=window.key)
-        return dg.MaterializeResult()
+    One multi-asset step per run handles each day in a single streaming pass: fetch, land, type,
+    write Parquet, replace the day in DuckDB, check. Selecting only the tables (``--resplit``)
+    rebuilds them from the landed files without any API call.
+    """
+    tz_name = partitions.timezone
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec(key, deps=[RAW_RESPONSES_KEY], description=schemas.TABLES[name].grain,
-                         group_name=GROUP, kinds={"parquet", "duckdb"})
-            for name, key in TABLE_KEYS.items()
+            dg.AssetSpec(RAW_RESPONSES_KEY, description=RAW_DESCRIPTION, group_name=GROUP, kinds={"json"},
+                         skippable=True),
+            *[
+                dg.AssetSpec(key, deps=[RAW_RESPONSES_KEY], description=schemas.TABLES[name].grain,
+                             group_name=GROUP, kinds={"parquet", "duckdb"}, skippable=True)
+                for name, key in TABLE_KEYS.items()
+            ],
         ],
         check_specs=[
             dg.AssetCheckSpec(spec.name, asset=TABLE_KEYS[spec.table], blocking=spec.blocking,
@@ -79,39 +70,56 @@ def build_assets(
             for spec in quality.ALL_CHECKS
         ],
         partitions_def=partitions,
-        backfill_policy=backfill_policy,
-        name="campaign_tables",
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        can_subset=True,
+        name="campaign_partition",
     )
-    def campaign_tables(
-        context: dg.AssetExecutionContext, cinnox: CinnoxResource, storage: CampaignStorageResource
-    ):
-        """Split each landed day into typed tables; write Parquet; replace the day in DuckDB; check it."""
-        lake, warehouse = storage.lake(), storage.warehouse()
+    def campaign_partition(context: dg.AssetExecutionContext, cinnox: CinnoxResource, storage: CampaignStorageResource):
+        """Fetch/land, split, publish and check each day of the run's partition range."""
+        selected = context.selected_asset_keys
+        fetch = RAW_RESPONSES_KEY in selected
+        load = any(key in selected for key in TABLE_KEYS.values())
         selected_checks = context.selected_asset_check_keys
-        for window in windows_of(context, tz_name):
-            day_tables = pipeline.split_day(lake, window)
-            inserted = pipeline.publish_day(lake, warehouse, day_tables)
-            outcomes = pipeline.check_day(warehouse, window, day_tables.stats,
-                                          refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
-                                          rejected_threshold=rejected_threshold)
-            for outcome in outcomes:
-                if dg.AssetCheckKey(TABLE_KEYS[outcome.spec.table], outcome.spec.name) in selected_checks:
-                    yield check_evaluation(outcome, window.key)
-            context.log.info(f"published {window.key}: {inserted}")
-            stats = day_tables.stats.as_metadata()
-            for name, key in TABLE_KEYS.items():
-                metadata = {"dagster/row_count": inserted[name]}
-                if name == schemas.CAMPAIGNS.name or name == schemas.REJECTED_RECORDS.name:
-                    metadata.update({k: v for k, v in stats.items() if isinstance(v, int)})
-                    metadata["rejected_by_reason"] = dg.MetadataValue.json(stats["rejected_by_reason"])
-                    metadata["unknown_fields"] = dg.MetadataValue.json(stats["unknown_fields"])
-                context.add_asset_metadata(metadata, asset_key=key, partition_key=window.key)
-        for key in TABLE_KEYS.values():
-            yield dg.MaterializeResult(asset_key=key)
+        storage.prepare()
+        lake, warehouse = storage.lake(), storage.warehouse()
+        with cinnox.open_client() if fetch else contextlib.nullcontext() as client:
+            for window in windows_of(context, tz_name):
+                if fetch:
+                    landed, day_tables, inserted = pipeline.ingest_day(
+                        client, lake, warehouse, window, workers=cinnox.fetch_workers, progress=context.log.debug,
+                        hasher=storage.recipient_hasher(), publish=load)
+                    context.add_asset_metadata(landed.as_metadata(), asset_key=RAW_RESPONSES_KEY,
+                                               partition_key=window.key)
+                else:
+                    day_tables = pipeline.split_day(lake, window)
+                    inserted = pipeline.publish_day(lake, warehouse, day_tables)
+                if not load:
+                    continue
+                _add_table_metadata(context, window, day_tables, inserted)
+                outcomes = pipeline.check_day(warehouse, window, day_tables.stats,
+                                              refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
+                                              rejected_threshold=rejected_threshold)
+                for outcome in outcomes:
+                    if dg.AssetCheckKey(TABLE_KEYS[outcome.spec.table], outcome.spec.name) in selected_checks:
+                        yield check_evaluation(outcome, window.key)
+        for key in (RAW_RESPONSES_KEY, *TABLE_KEYS.values()):  # topological order
+            if key in selected:
+                yield dg.MaterializeResult(asset_key=key)
         for check_key in selected_checks:  # evaluations were yielded per partition above
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
-    return [raw_campaign_responses, campaign_tables]
+    return [campaign_partition]
+
+
+def _add_table_metadata(context: dg.AssetExecutionContext, window: PartitionWindow, day_tables, inserted) -> None:
+    stats = day_tables.stats.as_metadata()
+    for name, key in TABLE_KEYS.items():
+        metadata: dict = {"dagster/row_count": inserted[name]}
+        if name in (schemas.CAMPAIGNS.name, schemas.REJECTED_RECORDS.name):
+            metadata.update({k: v for k, v in stats.items() if isinstance(v, int)})
+            metadata["rejected_by_reason"] = dg.MetadataValue.json(stats["rejected_by_reason"])
+            metadata["unknown_fields"] = dg.MetadataValue.json(stats["unknown_fields"])
+        context.add_asset_metadata(metadata, asset_key=key, partition_key=window.key)
 
 
 def _refetch_summary(cinnox: CinnoxResource, window: PartitionWindow) -> list:
