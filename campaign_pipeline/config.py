@@ -10,6 +10,9 @@ Environment (see ``.env.example``)::
     CINNOX_RATE_LIMIT_PER_MIN client-side request budget, default 450 (documented limit 500)
     CAMPAIGN_DATA_DIR         default ./data (./data/simulator for the simulator); lake under lake/,
                               warehouse at warehouse.duckdb
+    CAMPAIGN_LAKE_URI         optional: the lake elsewhere, a local path or s3://bucket/prefix (default
+                              <data_dir>/lake); S3 endpoint/region/credentials from AWS_ENDPOINT_URL,
+                              AWS_REGION and the standard AWS credential variables
     CAMPAIGN_PARTITION_START  first partition, YYYY-MM-DD, default 2024-01-01
     CAMPAIGN_PARTITION_TZ     IANA timezone of the day boundaries, default UTC
     CAMPAIGN_LOOKBACK_DAYS    days the daily schedule re-materializes, default 3
@@ -66,6 +69,7 @@ class PipelineConfig:
     read_timeout_s: float = settings.DEFAULT_READ_TIMEOUT_S
     max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS
     backoff_max_s: float = settings.DEFAULT_BACKOFF_MAX_S
+    lake_uri: str | None = None
 
     def client_options(self) -> dict:
         """Keyword arguments for :class:`campaign_pipeline.client.CinnoxClient` (no secrets)."""
@@ -79,8 +83,8 @@ class PipelineConfig:
 
     @property
     def lake_root(self) -> str:
-        """Root of the Parquet lake."""
-        return str(self.data_dir / settings.LAKE_DIRNAME)
+        """Root of the Parquet lake: ``CAMPAIGN_LAKE_URI`` or ``<data_dir>/lake``."""
+        return self.lake_uri or str(self.data_dir / settings.LAKE_DIRNAME)
 
     @property
     def warehouse_path(self) -> Path:
@@ -115,6 +119,7 @@ class PipelineConfig:
             read_timeout_s=get("CINNOX_READ_TIMEOUT_S") or settings.DEFAULT_READ_TIMEOUT_S,
             max_attempts=get("CINNOX_MAX_ATTEMPTS") or settings.DEFAULT_MAX_ATTEMPTS,
             backoff_max_s=get("CINNOX_BACKOFF_MAX_S") or settings.DEFAULT_BACKOFF_MAX_S,
+            lake_uri=get("CAMPAIGN_LAKE_URI"),
         )
 
 
@@ -136,6 +141,7 @@ def validate(
     read_timeout_s: float | str = settings.DEFAULT_READ_TIMEOUT_S,
     max_attempts: int | str = settings.DEFAULT_MAX_ATTEMPTS,
     backoff_max_s: float | str = settings.DEFAULT_BACKOFF_MAX_S,
+    lake_uri: str | None = None,
 ) -> PipelineConfig:
     """Build a :class:`PipelineConfig`, failing fast on the first bad value with a one-line message."""
     source = (source or SOURCE_CINNOX).strip().lower()
@@ -179,7 +185,19 @@ def validate(
         read_timeout_s=_positive(read_timeout_s, "CINNOX_READ_TIMEOUT_S", float),
         max_attempts=_positive(max_attempts, "CINNOX_MAX_ATTEMPTS", int),
         backoff_max_s=_positive(backoff_max_s, "CINNOX_BACKOFF_MAX_S", float),
+        lake_uri=_lake_uri(lake_uri),
     )
+
+
+def _lake_uri(value: str | None) -> str | None:
+    if not value:
+        return None
+    value = value.strip().rstrip("/")
+    if "://" in value and not value.startswith("s3://"):
+        raise ConfigError(f"CAMPAIGN_LAKE_URI={value!r}: use a local path or s3://bucket/prefix")
+    if value.startswith("s3://") and len(value) <= len("s3://"):
+        raise ConfigError("CAMPAIGN_LAKE_URI=s3:// needs a bucket, e.g. s3://my-bucket/campaigns")
+    return value
 
 
 def _parse_day(value: str | date, name: str) -> date:

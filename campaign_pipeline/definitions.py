@@ -68,6 +68,9 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
                 source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),
                 pii_mode=_env(env, "CAMPAIGN_PII_MODE", "raw"),
                 pii_salt=_env(env, "CAMPAIGN_PII_SALT", None),
+                lake_uri=_env(env, "CAMPAIGN_LAKE_URI", None),
+                s3_endpoint_url=_env(env, "AWS_ENDPOINT_URL", None),
+                s3_region=_env(env, "AWS_REGION", _env(env, "AWS_DEFAULT_REGION", None)),
             ),
         },
     )

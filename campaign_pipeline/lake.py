@@ -42,12 +42,25 @@ class RawPage:
     records: list
 
 
-class Lake:
-    """Reads and writes the lake under ``root`` (a local path or a URI pyarrow understands)."""
+def s3_filesystem(endpoint_url: str | None = None, region: str | None = None) -> pafs.S3FileSystem:
+    """An S3 filesystem; credentials come from the standard AWS variables/chain, an S3-compatible
+    endpoint (MinIO, moto, R2...) from ``endpoint_url`` (e.g. ``AWS_ENDPOINT_URL``)."""
+    options: dict = {"region": region or "us-east-1"}
+    if endpoint_url:
+        scheme, _, rest = endpoint_url.partition("://")
+        options.update(endpoint_override=rest.rstrip("/"), scheme=scheme)
+    return pafs.S3FileSystem(**options)
 
-    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None):
+
+class Lake:
+    """Reads and writes the lake under ``root``: a local path, or ``s3://bucket/prefix``."""
+
+    def __init__(self, root: str, filesystem: pafs.FileSystem | None = None, *,
+                 s3_endpoint_url: str | None = None, s3_region: str | None = None):
         if filesystem is None:
-            if "://" in root:
+            if root.startswith("s3://"):
+                filesystem, root = s3_filesystem(s3_endpoint_url, s3_region), root[len("s3://"):]
+            elif "://" in root:
                 filesystem, root = pafs.FileSystem.from_uri(root)
             else:
                 filesystem, root = pafs.LocalFileSystem(), os.path.abspath(root)

@@ -48,29 +48,29 @@ THROTTLE_KINDS = {"429_retry_after", "429_no_retry_after", "body_code_6451010"}
 
 
 def sim_config(**overrides) -> SimulatorConfig:
-    base = dict(
-        seed=7,
-        campaigns_per_day=3,
-        recipients_per_campaign=40,
-        now=NOW,
-        fault_rate=0.0,
-        token=TOKEN,
-        app_id="sim-app",
-    )
+    base = {
+        "seed": 7,
+        "campaigns_per_day": 3,
+        "recipients_per_campaign": 40,
+        "now": NOW,
+        "fault_rate": 0.0,
+        "token": TOKEN,
+        "app_id": "sim-app",
+    }
     base.update(overrides)
     return SimulatorConfig(**base)
 
 
 def make_client(srv, *, token: str | None = None, **overrides) -> CinnoxClient:
     """A client tuned for tests: small backoff, short timeouts, no pacing unless asked."""
-    kwargs = dict(
-        connect_timeout=2.0,
-        read_timeout=0.5,
-        max_attempts=12,
-        backoff_base_s=0.005,
-        backoff_max_s=0.02,
-        rate_limit_per_min=None,
-    )
+    kwargs = {
+        "connect_timeout": 2.0,
+        "read_timeout": 10.0,
+        "max_attempts": 12,
+        "backoff_base_s": 0.005,
+        "backoff_max_s": 0.02,
+        "rate_limit_per_min": None,
+    }
     kwargs.update(overrides)
     return CinnoxClient(srv.base_url, srv.app_id, token if token is not None else srv.token, **kwargs)
 
@@ -102,7 +102,7 @@ def local_server(respond: Callable[[str, dict[str, list[str]], dict], tuple[int,
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
-        def do_GET(self):  # noqa: N802 - http.server naming
+        def do_GET(self):
             parts = urlsplit(self.path)
             query = parse_qs(parts.query)
             hits.append(query)
@@ -142,7 +142,7 @@ def _capture_all_logs(caplog: pytest.LogCaptureFixture):
 
 
 def test_client_summary_week_returns_exactly_the_simulator_records(caplog):
-    config = sim_config(campaigns_per_day=90)  # 630 campaigns: two pages of 500
+    config = sim_config(campaigns_per_day=90, recipients_per_campaign=2)  # ~630 campaigns: two pages
     with SimulatorServer(config) as srv, make_client(srv) as client:
         pages = list(client.iter_summary_pages(WEEK_START, WEEK_END))
         expected = srv.simulator.summary_records(WEEK_START, WEEK_END)
@@ -224,13 +224,18 @@ def _fault_workload(client: CinnoxClient, history_id: str) -> tuple[list[dict], 
 
 @pytest.mark.parametrize("kind", sorted(ALL_FAULT_KINDS))
 def test_client_fault_kind_is_retried_to_exactly_the_fault_free_records(kind, caplog):
-    common = dict(campaigns_per_day=3, recipients_per_campaign=45, slow_seconds=2.0)
+    common = {"campaigns_per_day": 3, "recipients_per_campaign": 45, "slow_seconds": 2.0}
     with SimulatorServer(sim_config(**common)) as clean_srv, make_client(clean_srv, page_size=10) as clean:
         history_id = clean_srv.simulator.summary_records(WEEK_START, WEEK_END)[0]["id"]
         expected = _fault_workload(clean, history_id)
 
     faulty_config = sim_config(**common, fault_rate=0.3, fault_kinds=(kind,))
-    with SimulatorServer(faulty_config) as srv, make_client(srv, page_size=10, read_timeout=0.3) as client:
+    read_timeout = 0.25 if kind == "slow" else 10.0  # below slow_seconds, so "slow" becomes a timeout
+    # the faulty server reuses the warmed data model: only the injected faults can delay an answer
+    with (
+        SimulatorServer(faulty_config, simulator=clean_srv.simulator) as srv,
+        make_client(srv, page_size=10, read_timeout=read_timeout) as client,
+    ):
         got = _fault_workload(client, history_id)
 
     assert got == expected
@@ -287,10 +292,24 @@ def test_client_retry_after_http_date_is_honoured():
     assert len(slept) == 1 and 18 <= slept[0] <= 20
 
 
+def test_client_retry_after_on_503_is_honoured():
+    slept: list[float] = []
+    answers = iter([(503, {"Retry-After": "3"}, b"<html>busy</html>"), (200, {}, envelope([]))])
+    with local_server(lambda p, q, h: next(answers)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, sleep=slept.append, rate_limit_per_min=None) as client:
+            body, nbytes = client.get_json("/v1/x", {})
+    assert body["result"] == [] and nbytes > 0
+    assert slept == [3.0] and len(hits) == 2
+    assert client.stats.throttles == 0 and client.stats.as_dict()["errors_http_503"] == 1
+
+
 def test_client_throttle_without_retry_after_uses_jittered_backoff():
     slept: list[float] = []
     config = sim_config(fault_rate=0.5, fault_kinds=("429_no_retry_after",))
-    with SimulatorServer(config) as srv, make_client(srv, sleep=slept.append, backoff_base_s=0.1, backoff_max_s=0.4) as client:
+    with (
+        SimulatorServer(config) as srv,
+        make_client(srv, sleep=slept.append, backoff_base_s=0.1, backoff_max_s=0.4) as client,
+    ):
         list(client.iter_summary_pages(WEEK_START, WEEK_END))
     assert slept and all(0 <= s <= 0.4 for s in slept)
     assert len(set(slept)) == len(slept)  # jittered, not a constant
@@ -344,16 +363,25 @@ def test_client_server_down_raises_retries_exhausted_within_bound(caplog):
     assert_no_token(TOKEN, error, caplog)
 
 
-def test_client_connection_refused_raises_retries_exhausted(caplog):
+def test_client_connection_refused_raises_retries_exhausted_without_unlisted_query_values(caplog):
     with local_server(lambda p, q, h: (200, {}, b"")) as (base_url, _hits):
         pass  # the port is closed again: connections are refused
     with CinnoxClient(
-        base_url, "app", TOKEN, max_attempts=3, backoff_base_s=0.001, backoff_max_s=0.01, rate_limit_per_min=None
+        base_url,
+        "app",
+        TOKEN,
+        max_attempts=3,
+        backoff_base_s=0.001,
+        backoff_max_s=0.01,
+        rate_limit_per_min=None,
     ) as client:
         with pytest.raises(RetriesExhaustedError) as info:
-            client.get_json("/v1/x", {"offset": 0})
+            client.get_json("/v1/x", {"offset": 0, "phone": "+85291234567"})
     assert info.value.status is None and client.stats.requests == 3
     assert client.stats.as_dict()["errors_connection"] == 3
+    assert "Connection refused" in str(info.value) and "/v1/x?offset=0" in str(info.value)
+    # only offset/limit/startAt/endAt/historyID values may reach error texts and logs
+    assert_no_token("85291234567", info.value, caplog)
     assert_no_token(TOKEN, info.value, caplog)
 
 
@@ -364,7 +392,9 @@ def test_client_body_code_under_http_200_is_authoritative():
         "/notjson": (200, b'{"code": 0, "result": [{"id": '),
     }
     with local_server(lambda p, q, h: (bodies[p][0], {}, bodies[p][1])) as (base_url, hits):
-        with CinnoxClient(base_url, "app", TOKEN, max_attempts=2, backoff_max_s=0.01, rate_limit_per_min=None) as c:
+        with CinnoxClient(
+            base_url, "app", TOKEN, max_attempts=2, backoff_max_s=0.01, rate_limit_per_min=None
+        ) as c:
             with pytest.raises(FatalError) as fatal:
                 c.get_json("/fatal", {})
             with pytest.raises(BadRequestError) as bad:
@@ -417,7 +447,9 @@ def test_rate_limiter_keeps_n_starts_per_window_across_threads():
     deadline = time.monotonic() + 1.0
 
     def worker():
-        while time.monotonic() < deadline:
+        for _ in range(100):  # bounded, so a broken limiter fails fast instead of spinning
+            if time.monotonic() >= deadline:
+                break
             limiter.acquire()
             with lock:
                 starts.append(time.monotonic())
@@ -468,7 +500,15 @@ def test_client_default_rate_limit_comes_from_settings():
 
 @pytest.mark.parametrize(
     "base_url",
-    ["", "ftp://host", "host:8080", "https://", f"https://user:{TOKEN}@host", "https://host/?a=1", "https://h:99999"],
+    [
+        "",
+        "ftp://host",
+        "host:8080",
+        "https://",
+        f"https://user:{TOKEN}@host",
+        "https://host/?a=1",
+        "https://h:99999",
+    ],
 )
 def test_client_bad_base_url_raises_config_error_naming_the_variable(base_url):
     with pytest.raises(ConfigError) as info:
@@ -509,12 +549,20 @@ def test_client_worst_case_retry_seconds_with_defaults():
 
 def test_errors_str_is_one_line_with_code_and_message():
     error = BadRequestError(
-        "endAt is prior\nto startAt", status=400, code=6451000, url="/v1/api/apps/x/data/sent-campaigns-summary"
+        "endAt is prior\nto startAt",
+        status=400,
+        code=6451000,
+        url="/v1/api/apps/x/data/sent-campaigns-summary",
     )
-    assert str(error) == 'CINNOX 400 code=6451000 "endAt is prior to startAt" on GET /v1/api/apps/x/data/sent-campaigns-summary'
+    assert (
+        str(error)
+        == 'CINNOX 400 code=6451000 "endAt is prior to startAt" on GET /v1/api/apps/x/data/sent-campaigns-summary'
+    )
     throttled = ThrottledError("Too many requests", status=429, retry_after=2.0, url="/p")
     exhausted = RetriesExhaustedError(attempts=3, elapsed_s=1.25, last_error=throttled)
-    assert str(exhausted).startswith("CINNOX gave up after 3 attempts in 1.2s on GET /p; last error: CINNOX 429")
+    assert str(exhausted).startswith(
+        "CINNOX gave up after 3 attempts in 1.2s on GET /p; last error: CINNOX 429"
+    )
     for err in (error, throttled, exhausted, AuthError("no", status=401, url="/p"), PayloadError("x")):
         assert isinstance(err, CinnoxError) and isinstance(err, CampaignPipelineError)
         clone = pickle.loads(pickle.dumps(err))

@@ -76,6 +76,9 @@ class CampaignStorageResource(dg.ConfigurableResource):
     source: str = pipeline_config.SOURCE_CINNOX
     pii_mode: str = "raw"
     pii_salt: str | None = None
+    lake_uri: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_region: str | None = None
 
     def _validated(self) -> pipeline_config.PipelineConfig:
         return pipeline_config.validate(source=self.source, base_url="http://unused", app_id="-", app_token="-",
@@ -90,8 +93,9 @@ class CampaignStorageResource(dg.ConfigurableResource):
         return pipeline_config.recipient_hasher(self._validated())
 
     def lake(self) -> Lake:
-        """The Parquet lake."""
-        return Lake(f"{self.data_dir}/{settings.LAKE_DIRNAME}")
+        """The Parquet lake: ``lake_uri`` (local path or ``s3://``) or ``<data_dir>/lake``."""
+        root = self.lake_uri or f"{self.data_dir}/{settings.LAKE_DIRNAME}"
+        return Lake(root, s3_endpoint_url=self.s3_endpoint_url, s3_region=self.s3_region)
 
     def warehouse(self) -> Warehouse:
         """The DuckDB warehouse."""

@@ -126,6 +126,9 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "CINNOX-Simulator/1.0"
     sys_version = ""
     timeout = 120  # idle keep-alive connections are closed after this many seconds
+    # Headers and body go out as separate writes; without TCP_NODELAY, Nagle's algorithm plus the
+    # client's delayed ACK add ~40 ms to every response.
+    disable_nagle_algorithm = True
     server: _HTTPServer
 
     def log_message(self, format: str, *args: Any) -> None:
