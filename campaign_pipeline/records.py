@@ -41,6 +41,7 @@ _STATUS_VOCABULARY = {
 }
 _CARRIER_VOCABULARY = {s.lower(): s for s in settings.SMS_CARRIER_STATUSES}
 _CHANNELS = {c.lower(): c for c in settings.CHANNELS}
+_CANONICAL_STATUSES = frozenset(settings.SMS_STATUSES) | frozenset(settings.WHATSAPP_STATUSES)
 
 
 class RecordRejected(ValueError):
@@ -53,18 +54,26 @@ class RecordRejected(ValueError):
 
 def text_or_none(value: Any) -> str | None:
     """Optional text field: absent, ``null`` and ``""`` all become ``None``; numbers become text."""
+    if value.__class__ is str:
+        return value.strip() or None
     if value is None:
         return None
     if isinstance(value, str):
-        value = value.strip()
-        return value or None
+        return value.strip() or None
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
 
 
+_TIMESTAMP_CACHE: dict[str, int] = {}
+_TIMESTAMP_CACHE_MAX = 100_000
+
+
 def parse_timestamp_us(value: Any, field: str) -> int:
     """Parse an RFC3339 timestamp (``Z`` or offset, with or without fractions) to UTC epoch microseconds."""
+    cached = _TIMESTAMP_CACHE.get(value) if value.__class__ is str else None
+    if cached is not None:
+        return cached
     if not isinstance(value, str) or not value:
         raise RecordRejected(f"missing {field}")
     try:
@@ -73,7 +82,11 @@ def parse_timestamp_us(value: Any, field: str) -> int:
         raise RecordRejected(f"unparseable {field}") from None
     if parsed.tzinfo is None:
         raise RecordRejected(f"{field} has no UTC offset")
-    return (parsed - _EPOCH) // _MICROSECOND
+    epoch_us = (parsed - _EPOCH) // _MICROSECOND
+    if len(_TIMESTAMP_CACHE) >= _TIMESTAMP_CACHE_MAX:
+        _TIMESTAMP_CACHE.clear()
+    _TIMESTAMP_CACHE[value] = epoch_us
+    return epoch_us
 
 
 def optional_timestamp_us(value: Any, field: str) -> int | None:
@@ -89,6 +102,9 @@ def normalize_recipient(value: Any) -> str:
     Accepts a JSON number or a string with or without ``+`` and with spaces, dashes or dots.
     A recipient already pseudonymized at landing (``hmac:`` + 64 hex digits) is kept as-is.
     """
+    if value.__class__ is str and value[:1] == "+" and 7 <= len(value) <= 16 and value[1:].isdigit() \
+            and value.isascii():
+        return value  # the common, already-canonical case
     if isinstance(value, bool) or value is None or value == "":
         raise RecordRejected("missing recipient")
     if isinstance(value, int):
@@ -144,10 +160,13 @@ def canonical_channel(value: Any) -> str:
 
 def canonical_status(value: Any, channel: str) -> str | None:
     """Map a status to its canonical casing for the channel; unknown values are kept as-is."""
+    vocabulary = _STATUS_VOCABULARY[channel]
+    if value.__class__ is str and value in _CANONICAL_STATUSES:
+        return vocabulary.get(value.lower(), value)
     text = text_or_none(value)
     if text is None:
         return None
-    return _STATUS_VOCABULARY[channel].get(text.lower(), text)
+    return vocabulary.get(text.lower(), text)
 
 
 def canonical_carrier_status(value: Any) -> str | None:
