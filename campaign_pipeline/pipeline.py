@@ -182,7 +182,7 @@ def publish_day(lake: Lake, warehouse: Warehouse, day_tables: DayTables) -> dict
     for name, table in day_tables.tables.items():
         lake.write_parquet(name, day_tables.day, table)
     inserted = warehouse.replace_partition(day_tables.day, day_tables.tables)
-    log.info("published %s: %s", day_tables.day.isoformat(), inserted)
+    log.debug("published %s: %s", day_tables.day.isoformat(), inserted)
     return inserted
 
 

@@ -2,6 +2,7 @@
 
 
 import contextlib
+import logging
 from datetime import date
 
 import dagster as dg
@@ -10,6 +11,7 @@ from campaign_pipeline import pipeline, quality, schemas
 from campaign_pipeline.orchestration.resources import CampaignStorageResource, CinnoxResource
 from campaign_pipeline.windows import PartitionWindow
 
+progress_log = logging.getLogger("campaign_pipeline.progress")
 RAW_RESPONSES_KEY = dg.AssetKey("raw_campaign_responses")
 TABLE_KEYS = {name: dg.AssetKey(name) for name in schemas.TABLES}
 GROUP = "cinnox_campaigns"
@@ -82,8 +84,9 @@ def build_assets(
         selected_checks = context.selected_asset_check_keys
         storage.prepare()
         lake, warehouse = storage.lake(), storage.warehouse()
+        windows = windows_of(context, tz_name)
         with cinnox.open_client() if fetch else contextlib.nullcontext() as client:
-            for window in windows_of(context, tz_name):
+            for number, window in enumerate(windows, start=1):
                 if fetch:
                     landed, day_tables, inserted = pipeline.ingest_day(
                         client, lake, warehouse, window, workers=cinnox.fetch_workers, progress=context.log.debug,
@@ -93,6 +96,8 @@ def build_assets(
                 else:
                     day_tables = pipeline.split_day(lake, window)
                     inserted = pipeline.publish_day(lake, warehouse, day_tables)
+                progress_log.info("day %d/%d done: %s %s", number, len(windows), window.key,
+                                  {name: count for name, count in inserted.items()} or "landed")
                 if not load:
                     continue
                 _add_table_metadata(context, window, day_tables, inserted)
