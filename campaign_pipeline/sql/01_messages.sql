@@ -1,4 +1,5 @@
--- messages: both channels' recipients in one relation, common columns plus channel.
+-- messages: one row per recipient message of either channel (key: channel, campaign_id, recipient);
+-- the columns both channels share, plus channel ('SMS' | 'WhatsApp').
 CREATE OR REPLACE VIEW messages AS
 SELECT 'SMS' AS channel, campaign_id, recipient, partition_date, sent_at, sender_phone,
        status, last_updated_at
