@@ -16,13 +16,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from campaign_pipeline import quality, records
+from campaign_pipeline import quality, records, reporting
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
-from campaign_pipeline.warehouse import Warehouse
+from campaign_pipeline.warehouse import Warehouse, ensure_views
 from campaign_pipeline.windows import PartitionWindow
 
 log = logging.getLogger(__name__)
@@ -196,3 +196,17 @@ def check_day(
     """Run every per-partition check on the published day (read-only)."""
     with warehouse.reader() as con:
         return quality.evaluate_day(con, window, stats, refetch_summary, rejected_threshold)
+
+
+def partition_rates(warehouse: Warehouse, window: PartitionWindow) -> dict[str, dict[str, float | None]]:
+    """The day's delivery, read and failure rates per message table (read-only)."""
+    with warehouse.reader() as con:
+        return reporting.partition_rates(con, window.day)
+
+
+def refresh_views(warehouse: Warehouse, preview_days: int = 7) -> tuple[list[str], str]:
+    """(Re)create the analyst views and return (view files applied, markdown preview of the latest days)."""
+    with warehouse.writer() as con:
+        applied = ensure_views(con)
+    with warehouse.reader() as con:
+        return applied, reporting.latest_days_markdown(con, preview_days)

@@ -128,3 +128,24 @@ def test_partition_timezone_shifts_day_boundaries(tz, tmp_path, monkeypatch):
         assert len(messages) == sum(1 for m in truth.messages if m["channel"] == "SMS")
     finally:
         server.stop()
+
+
+def test_materializations_carry_partition_rates_and_the_views_preview(simulator, tmp_path, monkeypatch):
+    import dagster as dg
+
+    pipeline_env(monkeypatch, simulator, tmp_path)
+    instance = dg.DagsterInstance.ephemeral()
+    assert run_backfill(START, START + timedelta(days=1), instance=instance).success
+    truth = truth_for(simulator, START, START)
+    whatsapp = [m for m in truth.messages if m["channel"] == "WhatsApp"]
+    delivered = sum(m["status"] in ("Delivered", "Read") for m in whatsapp)
+    settled = sum(m["status"] != "Pending" for m in whatsapp)
+    records = instance.fetch_materializations(dg.AssetKey("whatsapp_messages"), limit=10).records
+    by_partition = {r.partition_key: r.asset_materialization.metadata for r in records}
+    assert set(by_partition) == {START.isoformat(), (START + timedelta(days=1)).isoformat()}
+    metadata = by_partition[START.isoformat()]
+    assert metadata["delivery_rate"].value == pytest.approx(delivered / settled)
+    assert 0 <= metadata["read_rate"].value <= 1 and 0 <= metadata["failure_rate"].value <= 1
+    views = instance.fetch_materializations(dg.AssetKey("delivery_rate_views"), limit=5).records
+    preview = views[0].asset_materialization.metadata["latest_days"].value
+    assert START.isoformat() in preview and "WhatsApp" in preview

@@ -13,6 +13,7 @@ from campaign_pipeline.windows import PartitionWindow
 
 progress_log = logging.getLogger("campaign_pipeline.progress")
 RAW_RESPONSES_KEY = dg.AssetKey("raw_campaign_responses")
+VIEWS_KEY = dg.AssetKey("delivery_rate_views")
 TABLE_KEYS = {name: dg.AssetKey(name) for name in schemas.TABLES}
 GROUP = "cinnox_campaigns"
 
@@ -100,7 +101,7 @@ def build_assets(
                                   {name: count for name, count in inserted.items()} or "landed")
                 if not load:
                     continue
-                _add_table_metadata(context, window, day_tables, inserted)
+                _add_table_metadata(context, window, day_tables, inserted, pipeline.partition_rates(warehouse, window))
                 outcomes = pipeline.check_day(warehouse, window, day_tables.stats,
                                               refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
                                               rejected_threshold=rejected_threshold)
@@ -113,13 +114,33 @@ def build_assets(
         for check_key in selected_checks:  # evaluations were yielded per partition above
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
-    return [campaign_partition]
+    @dg.asset(
+        key=VIEWS_KEY,
+        deps=list(TABLE_KEYS.values()),
+        partitions_def=partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
+        group_name=GROUP,
+        kinds={"duckdb", "sql"},
+        description="The analyst views over the warehouse (campaign_pipeline/sql/*.sql), refreshed after loads; "
+                    "the materialization previews the latest days' delivery rates.",
+    )
+    def delivery_rate_views(storage: CampaignStorageResource) -> dg.MaterializeResult:
+        applied, preview = pipeline.refresh_views(storage.warehouse())
+        return dg.MaterializeResult(metadata={"views": dg.MetadataValue.json(applied),
+                                              "latest_days": dg.MetadataValue.md(preview)})
+
+    return [campaign_partition, delivery_rate_views]
 
 
-def _add_table_metadata(context: dg.AssetExecutionContext, window: PartitionWindow, day_tables, inserted) -> None:
+def _add_table_metadata(
+    context: dg.AssetExecutionContext, window: PartitionWindow, day_tables, inserted, rates
+) -> None:
     stats = day_tables.stats.as_metadata()
     for name, key in TABLE_KEYS.items():
         metadata: dict = {"dagster/row_count": inserted[name]}
+        for rate, value in rates.get(name, {}).items():
+            if value is not None:  # numeric metadata, so the UI plots it across partitions
+                metadata[rate] = dg.MetadataValue.float(float(value))
         if name in (schemas.CAMPAIGNS.name, schemas.REJECTED_RECORDS.name):
             metadata.update({k: v for k, v in stats.items() if isinstance(v, int)})
             metadata["rejected_by_reason"] = dg.MetadataValue.json(stats["rejected_by_reason"])
