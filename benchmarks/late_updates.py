@@ -33,8 +33,9 @@ def snapshot(day: date, lag_days: int, work: Path) -> dict[tuple[str, str, str],
     with SimulatorServer(config) as server, CinnoxClient(server.base_url, server.app_id, server.token,
                                                          rate_limit_per_min=None) as client:
         lake = Lake(str(work / f"lag{lag_days}"))
-        pipeline.land_day(client, lake, window)
-        tables = pipeline.split_day(lake, window).tables
+        app = pipeline.AppRef("default", server.app_id)
+        pipeline.land_day(client, lake, app, window)
+        tables = pipeline.split_day(lake, app, window).tables
     statuses = {}
     for name, channel in (("sms_messages", "SMS"), ("whatsapp_messages", "WhatsApp")):
         table = tables[name]

@@ -22,6 +22,8 @@ Environment (see ``.env.example``)::
     CINNOX_READ_TIMEOUT_S     per-request read timeout, default 30
     CINNOX_MAX_ATTEMPTS       attempts per request (retries + 1), default 6
     CINNOX_BACKOFF_MAX_S      cap of one backoff sleep, default 30
+    CAMPAIGN_APPS             optional: several CINNOX apps, e.g. "hk,sg"; app K then reads
+                              CINNOX_K_BASE_URL, CINNOX_K_APP_ID, CINNOX_K_APP_TOKEN (K upper-cased)
     CAMPAIGN_SIM_*            simulator knobs (seed, campaigns per day, recipients per campaign)
 
 Nothing here reads the environment at import time.
@@ -46,6 +48,8 @@ SOURCE_SIMULATOR = "simulator"
 SOURCES = (SOURCE_CINNOX, SOURCE_SIMULATOR)
 SOURCE_MARKER = ".campaign_source"
 PII_MARKER = ".campaign_pii_mode"
+DEFAULT_APP_KEY = "default"
+_APP_KEY = re.compile(r"^[a-z][a-z0-9_]{0,30}$")
 _BASE_URL = re.compile(r"^https?://[A-Za-z0-9.\-]+(:\d{1,5})?(/[^\s?#]*)?$")
 
 
@@ -70,6 +74,7 @@ class PipelineConfig:
     max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS
     backoff_max_s: float = settings.DEFAULT_BACKOFF_MAX_S
     lake_uri: str | None = None
+    apps: tuple[str, ...] = (DEFAULT_APP_KEY,)
 
     def client_options(self) -> dict:
         """Keyword arguments for :class:`campaign_pipeline.client.CinnoxClient` (no secrets)."""
@@ -101,12 +106,21 @@ class PipelineConfig:
             return value.strip() if value is not None and value.strip() else None
 
         source = (get("CAMPAIGN_SOURCE") or SOURCE_CINNOX).lower()
+        apps = app_keys(get("CAMPAIGN_APPS"))
+        if source == SOURCE_CINNOX:
+            for key in apps:  # the first app is validated below with the rest of the settings
+                prefix = app_env_prefix(key)
+                validate(source=source, base_url=get(prefix + "BASE_URL"), app_id=get(prefix + "APP_ID"),
+                         app_token=env.get(prefix + "APP_TOKEN"), variable_prefix=prefix)
         default_dir = settings.DEFAULT_DATA_DIR + ("/simulator" if source == SOURCE_SIMULATOR else "")
+        first = app_env_prefix(apps[0])
         return validate(
             source=source,
-            base_url=get("CINNOX_BASE_URL"),
-            app_id=get("CINNOX_APP_ID"),
-            app_token=env.get("CINNOX_APP_TOKEN"),
+            base_url=get(first + "BASE_URL"),
+            app_id=get(first + "APP_ID"),
+            app_token=env.get(first + "APP_TOKEN"),
+            apps=apps,
+            variable_prefix=first,
             ca_bundle=get("CINNOX_CA_BUNDLE"),
             rate_limit_per_min=get("CINNOX_RATE_LIMIT_PER_MIN") or settings.DEFAULT_RATE_LIMIT_PER_MIN,
             data_dir=get("CAMPAIGN_DATA_DIR") or default_dir,
@@ -142,13 +156,16 @@ def validate(
     max_attempts: int | str = settings.DEFAULT_MAX_ATTEMPTS,
     backoff_max_s: float | str = settings.DEFAULT_BACKOFF_MAX_S,
     lake_uri: str | None = None,
+    apps: tuple[str, ...] = (DEFAULT_APP_KEY,),
+    variable_prefix: str = "CINNOX_",
 ) -> PipelineConfig:
     """Build a :class:`PipelineConfig`, failing fast on the first bad value with a one-line message."""
     source = (source or SOURCE_CINNOX).strip().lower()
     if source not in SOURCES:
         raise ConfigError(f"CAMPAIGN_SOURCE={source!r} is not one of {', '.join(SOURCES)}")
     if source == SOURCE_CINNOX:
-        for name, value in (("CINNOX_BASE_URL", base_url), ("CINNOX_APP_ID", app_id), ("CINNOX_APP_TOKEN", app_token)):
+        for name, value in ((variable_prefix + "BASE_URL", base_url), (variable_prefix + "APP_ID", app_id),
+                            (variable_prefix + "APP_TOKEN", app_token)):
             if value is None or not str(value).strip():
                 raise ConfigError(
                     f"{name} is not set; set it (see .env.example) or use CAMPAIGN_SOURCE=simulator for the built-in simulator"
@@ -156,7 +173,7 @@ def validate(
         base_url = str(base_url).strip().rstrip("/")
         if not _BASE_URL.match(base_url):
             raise ConfigError(
-                "CINNOX_BASE_URL is not a valid http(s) URL; expected e.g. https://example.cinnox.com"
+                f"{variable_prefix}BASE_URL is not a valid http(s) URL; expected e.g. https://example.cinnox.com"
             )
         if ca_bundle and not Path(ca_bundle).is_file():
             raise ConfigError(f"CINNOX_CA_BUNDLE={ca_bundle!r} is not a readable file")
@@ -186,7 +203,28 @@ def validate(
         max_attempts=_positive(max_attempts, "CINNOX_MAX_ATTEMPTS", int),
         backoff_max_s=_positive(backoff_max_s, "CINNOX_BACKOFF_MAX_S", float),
         lake_uri=_lake_uri(lake_uri),
+        apps=tuple(apps),
     )
+
+
+def app_keys(value: str | None) -> tuple[str, ...]:
+    """The app keys of ``CAMPAIGN_APPS`` (``("default",)`` when unset)."""
+    if not value:
+        return (DEFAULT_APP_KEY,)
+    keys = tuple(part.strip().lower() for part in value.split(",") if part.strip())
+    for key in keys:
+        if not _APP_KEY.match(key) or key == DEFAULT_APP_KEY:
+            raise ConfigError(
+                f"CAMPAIGN_APPS has an invalid app key {key!r}; use short names like 'hk,sg' (a-z, 0-9, _)"
+            )
+    if len(set(keys)) != len(keys):
+        raise ConfigError("CAMPAIGN_APPS lists an app twice")
+    return keys
+
+
+def app_env_prefix(key: str) -> str:
+    """Where app ``key``'s settings live: ``CINNOX_`` for the default app, ``CINNOX_<KEY>_`` otherwise."""
+    return "CINNOX_" if key == DEFAULT_APP_KEY else f"CINNOX_{key.upper()}_"
 
 
 def _lake_uri(value: str | None) -> str | None:

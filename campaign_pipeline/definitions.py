@@ -13,7 +13,13 @@ from collections.abc import Mapping
 import dagster as dg
 
 from campaign_pipeline import settings
-from campaign_pipeline.config import SOURCE_CINNOX, SOURCE_SIMULATOR
+from campaign_pipeline.config import (
+    DEFAULT_APP_KEY,
+    SOURCE_CINNOX,
+    SOURCE_SIMULATOR,
+    app_env_prefix,
+    app_keys,
+)
 from campaign_pipeline.orchestration.assets import build_assets
 from campaign_pipeline.orchestration.resources import CampaignStorageResource, CinnoxResource
 from campaign_pipeline.orchestration.schedules import build_job_and_schedule
@@ -41,28 +47,35 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
         end_offset=0,
     )
     default_dir = settings.DEFAULT_DATA_DIR + ("/simulator" if source == SOURCE_SIMULATOR else "")
-    assets = build_assets(partitions, float(env.get("CAMPAIGN_REJECTED_THRESHOLD") or 0.01))
+    apps = app_keys(env.get("CAMPAIGN_APPS"))
+    resource_keys = {key: "cinnox" if key == DEFAULT_APP_KEY else f"cinnox_{key}" for key in apps}
+    assets = build_assets(partitions, resource_keys, float(env.get("CAMPAIGN_REJECTED_THRESHOLD") or 0.01))
     job, schedule = build_job_and_schedule(partitions, int(env.get("CAMPAIGN_LOOKBACK_DAYS") or 3))
+    cinnox_resources = {
+        resource_key: CinnoxResource(
+            source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),
+            app_key=app_key,
+            base_url=_env(env, app_env_prefix(app_key) + "BASE_URL", None),
+            app_id=_env(env, app_env_prefix(app_key) + "APP_ID", None),
+            app_token=_env(env, app_env_prefix(app_key) + "APP_TOKEN", None),
+            ca_bundle=_env(env, "CINNOX_CA_BUNDLE", None),
+            rate_limit_per_min=float(env.get("CINNOX_RATE_LIMIT_PER_MIN") or settings.DEFAULT_RATE_LIMIT_PER_MIN),
+            read_timeout_s=float(env.get("CINNOX_READ_TIMEOUT_S") or settings.DEFAULT_READ_TIMEOUT_S),
+            max_attempts=int(env.get("CINNOX_MAX_ATTEMPTS") or settings.DEFAULT_MAX_ATTEMPTS),
+            backoff_max_s=float(env.get("CINNOX_BACKOFF_MAX_S") or settings.DEFAULT_BACKOFF_MAX_S),
+            fetch_workers=int(env.get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS),
+            simulator_seed=int(env.get("CAMPAIGN_SIM_SEED") or 7) + index,
+            simulator_campaigns_per_day=int(env.get("CAMPAIGN_SIM_CAMPAIGNS_PER_DAY") or 8),
+            simulator_recipients_per_campaign=int(env.get("CAMPAIGN_SIM_RECIPIENTS_PER_CAMPAIGN") or 150),
+        )
+        for index, (app_key, resource_key) in enumerate(resource_keys.items())
+    }
     return dg.Definitions(
         assets=assets,
         jobs=[job],
         schedules=[schedule],
         resources={
-            "cinnox": CinnoxResource(
-                source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),
-                base_url=_env(env, "CINNOX_BASE_URL", None),
-                app_id=_env(env, "CINNOX_APP_ID", None),
-                app_token=_env(env, "CINNOX_APP_TOKEN", None),
-                ca_bundle=_env(env, "CINNOX_CA_BUNDLE", None),
-                rate_limit_per_min=float(env.get("CINNOX_RATE_LIMIT_PER_MIN") or settings.DEFAULT_RATE_LIMIT_PER_MIN),
-                read_timeout_s=float(env.get("CINNOX_READ_TIMEOUT_S") or settings.DEFAULT_READ_TIMEOUT_S),
-                max_attempts=int(env.get("CINNOX_MAX_ATTEMPTS") or settings.DEFAULT_MAX_ATTEMPTS),
-                backoff_max_s=float(env.get("CINNOX_BACKOFF_MAX_S") or settings.DEFAULT_BACKOFF_MAX_S),
-                fetch_workers=int(env.get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS),
-                simulator_seed=int(env.get("CAMPAIGN_SIM_SEED") or 7),
-                simulator_campaigns_per_day=int(env.get("CAMPAIGN_SIM_CAMPAIGNS_PER_DAY") or 8),
-                simulator_recipients_per_campaign=int(env.get("CAMPAIGN_SIM_RECIPIENTS_PER_CAMPAIGN") or 150),
-            ),
+            **cinnox_resources,
             "storage": CampaignStorageResource(
                 data_dir=_env(env, "CAMPAIGN_DATA_DIR", default_dir),
                 source=_env(env, "CAMPAIGN_SOURCE", SOURCE_CINNOX),

@@ -1,9 +1,9 @@
 """The lake: raw landing files and hive-partitioned Parquet, through one pyarrow filesystem.
 
-Layout under the lake root::
+Layout under the lake root (``<app>`` is the app's key, ``default`` for a single-app deployment)::
 
-    raw/date=YYYY-MM-DD/responses.ndjson.gz         one JSON line per API response page
-    <table>/date=YYYY-MM-DD/part-0.parquet          one file per table and day
+    raw/date=YYYY-MM-DD/responses-<app>.ndjson.gz   one JSON line per API response page
+    <table>/date=YYYY-MM-DD/part-<app>.parquet      one file per table, day and app
 
 Every file is written atomically: to a hidden temporary name beside its final path (readers of
 hive datasets skip names starting with ``.``), then renamed over the final name. On object
@@ -27,9 +27,8 @@ import pyarrow.parquet as pq
 from campaign_pipeline import settings
 from campaign_pipeline.crashpoints import crash_point
 
-RAW_FILENAME = "responses.ndjson.gz"
+DEFAULT_APP_KEY = "default"
 _TEMP_MARK = ".tmp-"
-PARQUET_FILENAME = "part-0.parquet"
 
 
 @dataclass(frozen=True)
@@ -76,13 +75,13 @@ class Lake:
         """Directory of one table's day: ``<root>/<table>/date=YYYY-MM-DD``."""
         return f"{self.root}/{table}/date={day.isoformat()}"
 
-    def parquet_path(self, table: str, day: date) -> str:
-        """The Parquet file of one table's day."""
-        return f"{self.partition_dir(table, day)}/{PARQUET_FILENAME}"
+    def parquet_path(self, table: str, day: date, app_key: str = DEFAULT_APP_KEY) -> str:
+        """The Parquet file of one table's day for one app."""
+        return f"{self.partition_dir(table, day)}/part-{app_key}.parquet"
 
-    def raw_path(self, day: date) -> str:
-        """The raw landing file of one day."""
-        return f"{self.partition_dir(settings.RAW_DIRNAME, day)}/{RAW_FILENAME}"
+    def raw_path(self, day: date, app_key: str = DEFAULT_APP_KEY) -> str:
+        """The raw landing file of one day for one app."""
+        return f"{self.partition_dir(settings.RAW_DIRNAME, day)}/responses-{app_key}.ndjson.gz"
 
     def table_dir(self, table: str) -> str:
         """Root of one table's hive-partitioned dataset."""
@@ -114,17 +113,17 @@ class Lake:
             if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
                 self.fs.delete_file(temp)
 
-    def write_parquet(self, table_name: str, day: date, table: pa.Table) -> str:
-        """Atomically replace one table's day with ``table`` (an empty table is written too, so a
-        day that lost all its rows does not keep stale ones). Returns the path."""
-        path = self.parquet_path(table_name, day)
+    def write_parquet(self, table_name: str, day: date, table: pa.Table, app_key: str = DEFAULT_APP_KEY) -> str:
+        """Atomically replace one table's day (for one app) with ``table`` (an empty table is written
+        too, so a day that lost all its rows does not keep stale ones). Returns the path."""
+        path = self.parquet_path(table_name, day, app_key)
         with self._atomic_output(path) as stream:
             pq.write_table(table, stream, compression="zstd")
         return path
 
-    def read_parquet(self, table_name: str, day: date) -> pa.Table | None:
-        """One table's day as Arrow, or ``None`` when it was never written."""
-        path = self.parquet_path(table_name, day)
+    def read_parquet(self, table_name: str, day: date, app_key: str = DEFAULT_APP_KEY) -> pa.Table | None:
+        """One table's day (for one app) as Arrow, or ``None`` when it was never written."""
+        path = self.parquet_path(table_name, day, app_key)
         if not self.exists(path):
             return None
         with self.fs.open_input_file(path) as handle:
@@ -132,19 +131,19 @@ class Lake:
 
     # -- raw landing -----------------------------------------------------------------------
     @contextmanager
-    def raw_writer(self, day: date) -> Iterator[RawWriter]:
+    def raw_writer(self, day: date, app_key: str = DEFAULT_APP_KEY) -> Iterator[RawWriter]:
         """Write a day's raw landing file; it becomes visible only if the block completes."""
-        with self._atomic_output(self.raw_path(day)) as stream:
+        with self._atomic_output(self.raw_path(day, app_key)) as stream:
             with pa.CompressedOutputStream(stream, "gzip") as gz:
                 yield RawWriter(gz)
 
-    def has_raw(self, day: date) -> bool:
+    def has_raw(self, day: date, app_key: str = DEFAULT_APP_KEY) -> bool:
         """True if a complete raw landing file exists for ``day``."""
-        return self.exists(self.raw_path(day))
+        return self.exists(self.raw_path(day, app_key))
 
-    def iter_raw_pages(self, day: date) -> Iterator[RawPage]:
+    def iter_raw_pages(self, day: date, app_key: str = DEFAULT_APP_KEY) -> Iterator[RawPage]:
         """The landed pages of ``day`` in the order they were written (summary pages first)."""
-        with self.fs.open_input_stream(self.raw_path(day), compression="gzip") as stream:
+        with self.fs.open_input_stream(self.raw_path(day, app_key), compression="gzip") as stream:
             for line in _lines(stream):
                 item = orjson.loads(line)
                 yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), item["result"])

@@ -30,6 +30,14 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str], None]
 
 
+@dataclass(frozen=True)
+class AppRef:
+    """Which CINNOX app a day belongs to: ``key`` names its lake files, ``app_id`` fills the column."""
+
+    key: str
+    app_id: str
+
+
 class LandingMissingError(CampaignPipelineError):
     """A re-split was asked for a day that was never landed."""
 
@@ -76,6 +84,7 @@ def campaigns_in_window(summary_records: list, window: PartitionWindow) -> list[
 def land_day(
     client: CinnoxClient,
     lake: Lake,
+    app: AppRef,
     window: PartitionWindow,
     workers: int = 8,
     progress: ProgressCallback | None = None,
@@ -93,7 +102,7 @@ def land_day(
     started = time.monotonic()
     before = client.stats.as_dict()
     result = LandingResult(day=window.key)
-    with lake.raw_writer(window.day) as writer:
+    with lake.raw_writer(window.day, app.key) as writer:
         summary_records: list = []
         for page in client.iter_summary_pages(window.start_utc, window.end_utc):
             writer.write_page("summary", None, page.offset, page.records)
@@ -147,6 +156,7 @@ def ingest_day(
     client: CinnoxClient,
     lake: Lake,
     warehouse: Warehouse,
+    app: AppRef,
     window: PartitionWindow,
     workers: int = 8,
     progress: ProgressCallback | None = None,
@@ -154,21 +164,22 @@ def ingest_day(
     publish: bool = True,
 ) -> tuple[LandingResult, DayTables, dict[str, int]]:
     """Land, split and (unless ``publish`` is false) publish one day in a single streaming pass."""
-    splitter = DaySplitter(window)
-    landed = land_day(client, lake, window, workers=workers, progress=progress, hasher=hasher, splitter=splitter)
+    splitter = DaySplitter(window, app.app_id)
+    landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
+                      splitter=splitter)
     day_tables = splitter.finish()
-    inserted = publish_day(lake, warehouse, day_tables) if publish else {}
+    inserted = publish_day(lake, warehouse, app, day_tables) if publish else {}
     return landed, day_tables, inserted
 
 
-def split_day(lake: Lake, window: PartitionWindow) -> DayTables:
+def split_day(lake: Lake, app: AppRef, window: PartitionWindow) -> DayTables:
     """Type one day's landed pages into tables. Makes no API call."""
-    if not lake.has_raw(window.day):
+    if not lake.has_raw(window.day, app.key):
         raise LandingMissingError(
             f"no landed data for {window.key}; run the backfill without --resplit to fetch it from the API"
         )
-    splitter = DaySplitter(window)
-    for page in lake.iter_raw_pages(window.day):
+    splitter = DaySplitter(window, app.app_id)
+    for page in lake.iter_raw_pages(window.day, app.key):
         if page.endpoint == "summary":
             splitter.add_summary_records(page.records)
         else:
@@ -176,18 +187,19 @@ def split_day(lake: Lake, window: PartitionWindow) -> DayTables:
     return splitter.finish()
 
 
-def publish_day(lake: Lake, warehouse: Warehouse, day_tables: DayTables) -> dict[str, int]:
+def publish_day(lake: Lake, warehouse: Warehouse, app: AppRef, day_tables: DayTables) -> dict[str, int]:
     """Write each table's day to Parquet (atomically), then replace the day in DuckDB in one
     transaction. Re-publishing the same day leaves identical tables."""
     for name, table in day_tables.tables.items():
-        lake.write_parquet(name, day_tables.day, table)
-    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables)
+        lake.write_parquet(name, day_tables.day, table, app.key)
+    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id)
     log.debug("published %s: %s", day_tables.day.isoformat(), inserted)
     return inserted
 
 
 def check_day(
     warehouse: Warehouse,
+    app: AppRef,
     window: PartitionWindow,
     stats: SplitStats,
     refetch_summary: Callable[[], list] | None = None,
@@ -195,13 +207,13 @@ def check_day(
 ) -> list[quality.CheckOutcome]:
     """Run every per-partition check on the published day (read-only)."""
     with warehouse.reader() as con:
-        return quality.evaluate_day(con, window, stats, refetch_summary, rejected_threshold)
+        return quality.evaluate_day(con, window, app.app_id, stats, refetch_summary, rejected_threshold)
 
 
-def partition_rates(warehouse: Warehouse, window: PartitionWindow) -> dict[str, dict[str, float | None]]:
-    """The day's delivery, read and failure rates per message table (read-only)."""
+def partition_rates(warehouse: Warehouse, app: AppRef, window: PartitionWindow) -> dict[str, dict[str, float | None]]:
+    """The app's day: delivery, read and failure rates per message table (read-only)."""
     with warehouse.reader() as con:
-        return reporting.partition_rates(con, window.day)
+        return reporting.partition_rates(con, window.day, app.app_id)
 
 
 def refresh_views(warehouse: Warehouse, preview_days: int = 7) -> tuple[list[str], str]:

@@ -77,12 +77,14 @@ ALL_CHECKS: list[CheckSpec] = [
 ]  # fmt: skip
 
 
-def check_unique_recipients(con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow) -> CheckOutcome:
-    """Fail if any (campaign_id, recipient) appears more than once in the day."""
+def check_unique_recipients(
+    con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow, app_id: str
+) -> CheckOutcome:
+    """Fail if any (campaign_id, recipient) appears more than once in the app's day."""
     rows = con.execute(
         f'SELECT campaign_id, count(*) AS n FROM (SELECT campaign_id, recipient FROM "{table}" '
-        "WHERE partition_date = ?) GROUP BY campaign_id, recipient HAVING count(*) > 1",
-        [window.day],
+        "WHERE partition_date = $day AND app_id = $app) GROUP BY campaign_id, recipient HAVING count(*) > 1",
+        {"day": window.day, "app": app_id},
     ).fetchall()
     campaigns = sorted({r[0] for r in rows})
     return CheckOutcome(
@@ -92,13 +94,15 @@ def check_unique_recipients(con: duckdb.DuckDBPyConnection, table: str, window: 
     )
 
 
-def check_status_vocabulary(con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow) -> CheckOutcome:
+def check_status_vocabulary(
+    con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow, app_id: str
+) -> CheckOutcome:
     """Warn (never fail) when statuses outside the channel's vocabulary appear; names them."""
     vocabulary = settings.SMS_STATUSES if table == schemas.SMS_MESSAGES.name else settings.WHATSAPP_STATUSES
     rows = con.execute(
-        f'SELECT status, count(*) FROM "{table}" WHERE partition_date = ? AND status IS NOT NULL '
-        "AND NOT list_contains(?, status) GROUP BY status ORDER BY status",
-        [window.day, list(vocabulary)],
+        f'SELECT status, count(*) FROM "{table}" WHERE partition_date = $day AND app_id = $app '
+        "AND status IS NOT NULL AND NOT list_contains($vocabulary, status) GROUP BY status ORDER BY status",
+        {"day": window.day, "app": app_id, "vocabulary": list(vocabulary)},
     ).fetchall()
     unknown = {status: count for status, count in rows}
     return CheckOutcome(
@@ -108,12 +112,14 @@ def check_status_vocabulary(con: duckdb.DuckDBPyConnection, table: str, window: 
     )
 
 
-def check_sent_at_in_window(con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow) -> CheckOutcome:
+def check_sent_at_in_window(
+    con: duckdb.DuckDBPyConnection, table: str, window: PartitionWindow, app_id: str
+) -> CheckOutcome:
     """Fail if any row's ``sent_at`` lies outside the partition's [start, end) in UTC."""
     outside, first, last = con.execute(
-        f'SELECT count(*) FILTER (WHERE sent_at < ? OR sent_at >= ?), min(sent_at), max(sent_at) FROM "{table}" '
-        "WHERE partition_date = ?",
-        [window.start_utc, window.end_utc, window.day],
+        "SELECT count(*) FILTER (WHERE sent_at < $start OR sent_at >= $end), min(sent_at), max(sent_at) "
+        f'FROM "{table}" WHERE partition_date = $day AND app_id = $app',
+        {"start": window.start_utc, "end": window.end_utc, "day": window.day, "app": app_id},
     ).fetchone()
     return CheckOutcome(
         SENT_AT_IN_WINDOW[table], passed=outside == 0,
@@ -128,9 +134,9 @@ def check_sent_at_in_window(con: duckdb.DuckDBPyConnection, table: str, window: 
 
 _DETAIL_COUNTS_SQL = """
 WITH detail AS (
-    SELECT campaign_id, status FROM sms_messages WHERE partition_date = $day
+    SELECT campaign_id, status FROM sms_messages WHERE partition_date = $day AND app_id = $app
     UNION ALL
-    SELECT campaign_id, status FROM whatsapp_messages WHERE partition_date = $day
+    SELECT campaign_id, status FROM whatsapp_messages WHERE partition_date = $day AND app_id = $app
 ), counts AS (
     SELECT campaign_id,
            count(*) AS rows,
@@ -144,7 +150,7 @@ SELECT c.campaign_id, c.channel, c.total_recipients, c.delivered, c."read", c.pe
        coalesce(d.rows, 0), coalesce(d.delivered_rows, 0), coalesce(d.read_rows, 0),
        coalesce(d.pending_rows, 0), coalesce(d.failed_rows, 0)
 FROM campaigns c LEFT JOIN counts d USING (campaign_id)
-WHERE c.partition_date = $day
+WHERE c.partition_date = $day AND c.app_id = $app
 ORDER BY c.campaign_id
 """
 
@@ -176,11 +182,12 @@ def _compare(summary: dict, detail: dict) -> tuple[list[str], str | None]:
 def check_reconciliation(
     con: duckdb.DuckDBPyConnection,
     window: PartitionWindow,
+    app_id: str,
     refetch_summary: Callable[[], list] | None = None,
 ) -> CheckOutcome:
     """Compare each campaign's summary counts with its detail rows; re-fetch the summary once
     (statuses move) before calling a mismatch."""
-    rows = con.execute(_DETAIL_COUNTS_SQL, {"day": window.day}).fetchall()
+    rows = con.execute(_DETAIL_COUNTS_SQL, {"day": window.day, "app": app_id}).fetchall()
     summaries, details = {}, {}
     for r in rows:
         summaries[r[0]] = {"channel": r[1], "total_recipients": r[2], "delivered": r[3], "read": r[4],
@@ -235,21 +242,26 @@ def check_schema_drift(stats: SplitStats) -> CheckOutcome:
 
 
 def check_rejected_ratio(
-    con: duckdb.DuckDBPyConnection, window: PartitionWindow, threshold: float = DEFAULT_REJECTED_RATIO_THRESHOLD
+    con: duckdb.DuckDBPyConnection,
+    window: PartitionWindow,
+    app_id: str,
+    threshold: float = DEFAULT_REJECTED_RATIO_THRESHOLD,
 ) -> CheckOutcome:
     """Warn when any record was rejected; fail when more than ``threshold`` of them were."""
+    params = {"day": window.day, "app": app_id}
     rejected, loaded = con.execute(
-        "SELECT (SELECT count(*) FROM rejected_records WHERE partition_date = $day), "
-        "(SELECT count(*) FROM campaigns WHERE partition_date = $day) + "
-        "(SELECT count(*) FROM sms_messages WHERE partition_date = $day) + "
-        "(SELECT count(*) FROM whatsapp_messages WHERE partition_date = $day)",
-        {"day": window.day},
+        "SELECT (SELECT count(*) FROM rejected_records WHERE partition_date = $day AND app_id = $app), "
+        "(SELECT count(*) FROM campaigns WHERE partition_date = $day AND app_id = $app) + "
+        "(SELECT count(*) FROM sms_messages WHERE partition_date = $day AND app_id = $app) + "
+        "(SELECT count(*) FROM whatsapp_messages WHERE partition_date = $day AND app_id = $app)",
+        params,
     ).fetchone()
     total = rejected + loaded
     ratio = rejected / total if total else 0.0
     reasons = dict(con.execute(
-        "SELECT reason, count(*) FROM rejected_records WHERE partition_date = ? GROUP BY reason ORDER BY reason",
-        [window.day],
+        "SELECT reason, count(*) FROM rejected_records WHERE partition_date = $day AND app_id = $app "
+        "GROUP BY reason ORDER BY reason",
+        params,
     ).fetchall())
     failed = ratio > threshold
     return CheckOutcome(
@@ -263,15 +275,16 @@ def check_rejected_ratio(
 def evaluate_day(
     con: duckdb.DuckDBPyConnection,
     window: PartitionWindow,
+    app_id: str,
     stats: SplitStats,
     refetch_summary: Callable[[], list] | None = None,
     rejected_threshold: float = DEFAULT_REJECTED_RATIO_THRESHOLD,
 ) -> list[CheckOutcome]:
-    """Every check of one partition, in :data:`ALL_CHECKS` order."""
-    outcomes = [check_unique_recipients(con, t.name, window) for t in schemas.MESSAGE_TABLES]
-    outcomes += [check_status_vocabulary(con, t.name, window) for t in schemas.MESSAGE_TABLES]
-    outcomes += [check_sent_at_in_window(con, t, window) for t in SENT_AT_IN_WINDOW]
-    outcomes.append(check_reconciliation(con, window, refetch_summary))
+    """Every check of one app's partition, in :data:`ALL_CHECKS` order."""
+    outcomes = [check_unique_recipients(con, t.name, window, app_id) for t in schemas.MESSAGE_TABLES]
+    outcomes += [check_status_vocabulary(con, t.name, window, app_id) for t in schemas.MESSAGE_TABLES]
+    outcomes += [check_sent_at_in_window(con, t, window, app_id) for t in SENT_AT_IN_WINDOW]
+    outcomes.append(check_reconciliation(con, window, app_id, refetch_summary))
     outcomes.append(check_schema_drift(stats))
-    outcomes.append(check_rejected_ratio(con, window, rejected_threshold))
+    outcomes.append(check_rejected_ratio(con, window, app_id, rejected_threshold))
     return outcomes

@@ -104,18 +104,30 @@ def daily_delivery_report(warehouse_path: str | Path, start: date, end: date) ->
         return rate_report(con, "channel", start, end)
 
 
-def partition_rates(con: duckdb.DuckDBPyConnection, day: date) -> dict[str, dict[str, float | None]]:
-    """The day's rates per message table, e.g. ``{"sms_messages": {"delivery_rate": 0.93, ...}}``.
+def partition_rates(
+    con: duckdb.DuckDBPyConnection, day: date, app_id: str | None = None
+) -> dict[str, dict[str, float | None]]:
+    """The day's rates per message table, e.g. ``{"sms_messages": {"delivery_rate": 0.93, ...}}``,
+    for one app or (``app_id=None``) all of them.
 
     Every table is present; a rate is None where it is undefined (no settled messages that day, or
     ``read_rate`` for SMS).
     """
     result: dict[str, dict[str, float | None]] = {t: dict.fromkeys(RATE_NAMES) for t in CHANNEL_TABLES.values()}
     rows = con.execute(
-        f"SELECT channel, {', '.join(RATE_NAMES)} FROM delivery_rates_daily WHERE partition_date = ?", [day]
+        """
+        SELECT channel,
+               delivery_rate(sum(is_delivered), count(*), sum(is_in_flight)) AS delivery_rate,
+               failure_rate(sum(is_failed), sum(is_undelivered), count(*), sum(is_in_flight)) AS failure_rate,
+               read_rate(sum(is_read), sum(is_delivered)) AS read_rate
+        FROM message_metrics
+        WHERE partition_date = $day AND ($app IS NULL OR app_id = $app)
+        GROUP BY channel
+        """,
+        {"day": day, "app": app_id},
     ).fetchall()
-    for channel, *rates in rows:
-        result[CHANNEL_TABLES[channel]] = dict(zip(RATE_NAMES, rates, strict=True))
+    for channel, delivery, failure, read in rows:
+        result[CHANNEL_TABLES[channel]] = {"delivery_rate": delivery, "failure_rate": failure, "read_rate": read}
     return result
 
 

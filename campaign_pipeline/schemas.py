@@ -1,5 +1,8 @@
 """Arrow schemas: the single source of truth for every table's column names and types.
 
+Every table starts with ``app_id`` (the CINNOX App ID the row came from), so one deployment can
+ingest several apps; a partition is (app_id, partition_date).
+
 DuckDB DDL (:func:`duckdb_ddl`), the data dictionary test and the Parquet writers all derive
 from these declarations; a column added here appears everywhere, and drift fails loudly.
 """
@@ -26,6 +29,7 @@ class TableSpec:
 
 CAMPAIGNS_SCHEMA = pa.schema(
     [
+        pa.field("app_id", pa.string(), nullable=False),
         pa.field("campaign_id", pa.string(), nullable=False),
         pa.field("partition_date", pa.date32(), nullable=False),
         pa.field("sent_at", TIMESTAMP_UTC, nullable=False),
@@ -48,6 +52,7 @@ CAMPAIGNS_SCHEMA = pa.schema(
 
 SMS_MESSAGES_SCHEMA = pa.schema(
     [
+        pa.field("app_id", pa.string(), nullable=False),
         pa.field("campaign_id", pa.string(), nullable=False),
         pa.field("recipient", pa.string(), nullable=False),
         pa.field("partition_date", pa.date32(), nullable=False),
@@ -65,6 +70,7 @@ SMS_MESSAGES_SCHEMA = pa.schema(
 
 WHATSAPP_MESSAGES_SCHEMA = pa.schema(
     [
+        pa.field("app_id", pa.string(), nullable=False),
         pa.field("campaign_id", pa.string(), nullable=False),
         pa.field("recipient", pa.string(), nullable=False),
         pa.field("partition_date", pa.date32(), nullable=False),
@@ -81,6 +87,7 @@ WHATSAPP_MESSAGES_SCHEMA = pa.schema(
 
 REJECTED_RECORDS_SCHEMA = pa.schema(
     [
+        pa.field("app_id", pa.string(), nullable=False),
         pa.field("partition_date", pa.date32(), nullable=False),
         pa.field("endpoint", pa.string(), nullable=False),
         pa.field("channel", pa.string()),
@@ -94,29 +101,29 @@ CAMPAIGNS = TableSpec(
     name="campaigns",
     schema=CAMPAIGNS_SCHEMA,
     grain="One row per sent campaign (SMS or WhatsApp), from Get Sent Campaigns Summary.",
-    key_columns=("campaign_id",),
-    sort_columns=("sent_at", "campaign_id"),
+    key_columns=("app_id", "campaign_id"),
+    sort_columns=("app_id", "sent_at", "campaign_id"),
 )
 SMS_MESSAGES = TableSpec(
     name="sms_messages",
     schema=SMS_MESSAGES_SCHEMA,
     grain="One row per SMS recipient of a sent campaign, from Get Sent Campaigns Details.",
-    key_columns=("campaign_id", "recipient"),
-    sort_columns=("campaign_id", "recipient"),
+    key_columns=("app_id", "campaign_id", "recipient"),
+    sort_columns=("app_id", "campaign_id", "recipient"),
 )
 WHATSAPP_MESSAGES = TableSpec(
     name="whatsapp_messages",
     schema=WHATSAPP_MESSAGES_SCHEMA,
     grain="One row per WhatsApp recipient of a sent campaign, from Get Sent Campaigns Details.",
-    key_columns=("campaign_id", "recipient"),
-    sort_columns=("campaign_id", "recipient"),
+    key_columns=("app_id", "campaign_id", "recipient"),
+    sort_columns=("app_id", "campaign_id", "recipient"),
 )
 REJECTED_RECORDS = TableSpec(
     name="rejected_records",
     schema=REJECTED_RECORDS_SCHEMA,
     grain="One row per API record that could not be typed, with the reason and the raw JSON.",
     key_columns=(),
-    sort_columns=("endpoint", "campaign_id", "reason", "raw_record"),
+    sort_columns=("app_id", "endpoint", "campaign_id", "reason", "raw_record"),
 )
 
 TABLES: dict[str, TableSpec] = {

@@ -71,7 +71,7 @@ class _ColumnBuffer:
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.columns_without_partition = [f.name for f in schema if f.name != "partition_date"]
+        self.columns_without_partition = [f.name for f in schema if f.name not in _CONSTANT_COLUMNS]
         self.partial_schema = pa.schema([schema.field(n) for n in self.columns_without_partition])
         self.rows: list[tuple] = []
         self.batches: list[pa.RecordBatch] = []
@@ -91,13 +91,21 @@ class _ColumnBuffer:
         arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, fields, strict=True)]
         self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.partial_schema))
 
-    def to_table(self, day: date) -> pa.Table:
+    def to_table(self, app_id: str, day: date) -> pa.Table:
         self.flush()
         table = pa.Table.from_batches(self.batches, schema=self.partial_schema)
         self.batches = []
-        index = self.schema.get_field_index("partition_date")
-        table = table.add_column(index, "partition_date", pa.array([day] * table.num_rows, pa.date32()))
-        return table.cast(self.schema)
+        return with_partition_columns(table, self.schema, app_id, day)
+
+
+_CONSTANT_COLUMNS = ("app_id", "partition_date")
+
+
+def with_partition_columns(table: pa.Table, schema: pa.Schema, app_id: str, day: date) -> pa.Table:
+    """Add the constant ``app_id`` and ``partition_date`` columns in their schema positions."""
+    for name, value, kind in (("app_id", app_id, pa.string()), ("partition_date", day, pa.date32())):
+        table = table.add_column(schema.get_field_index(name), name, pa.array([value] * table.num_rows, kind))
+    return table.cast(schema)
 
 
 def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
@@ -105,14 +113,15 @@ def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
     return pa.int64() if pa.types.is_timestamp(arrow_type) else arrow_type
 
 
-_CAMPAIGN_COLUMNS = [f.name for f in schemas.CAMPAIGNS_SCHEMA if f.name != "partition_date"]
+_CAMPAIGN_COLUMNS = [f.name for f in schemas.CAMPAIGNS_SCHEMA if f.name not in _CONSTANT_COLUMNS]
 
 
 class DaySplitter:
     """Split one partition's raw pages into typed tables. Feed summary pages, then detail pages."""
 
-    def __init__(self, window: PartitionWindow):
+    def __init__(self, window: PartitionWindow, app_id: str):
         self.window = window
+        self.app_id = app_id
         self.stats = SplitStats()
         self._campaign_channels: dict[str, str] = {}
         self._campaigns = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
@@ -177,13 +186,13 @@ class DaySplitter:
 
     def finish(self) -> DayTables:
         """Build the day's tables: de-duplicated, sorted, typed by the declared schemas."""
-        day = self.window.day
-        tables = {schemas.CAMPAIGNS.name: _sorted(self._campaigns.to_table(day), schemas.CAMPAIGNS)}
+        day, app_id = self.window.day, self.app_id
+        tables = {schemas.CAMPAIGNS.name: _sorted(self._campaigns.to_table(app_id, day), schemas.CAMPAIGNS)}
         for spec in schemas.MESSAGE_TABLES:
             channel = settings.CHANNEL_SMS if spec is schemas.SMS_MESSAGES else settings.CHANNEL_WHATSAPP
-            table = self._messages[channel].to_table(day)
+            table = self._messages[channel].to_table(app_id, day)
             before = table.num_rows
-            table = deduplicate_latest(table, spec.key_columns, "last_updated_at")
+            table = deduplicate_latest(table, ("campaign_id", "recipient"), "last_updated_at")  # one app per split
             self.stats.duplicate_messages_dropped += before - table.num_rows
             unknown = set(pc.unique(table["status"]).drop_null().to_pylist()) - set(
                 settings.SMS_STATUSES if channel == settings.CHANNEL_SMS else settings.WHATSAPP_STATUSES
@@ -191,15 +200,14 @@ class DaySplitter:
             if unknown:
                 self.stats.unknown_statuses[channel] = unknown
             tables[spec.name] = table
-        tables[schemas.REJECTED_RECORDS.name] = _sorted(self._rejected_table(day), schemas.REJECTED_RECORDS)
+        tables[schemas.REJECTED_RECORDS.name] = _sorted(self._rejected_table(app_id, day), schemas.REJECTED_RECORDS)
         return DayTables(day=day, tables=tables, stats=self.stats)
 
-    def _rejected_table(self, day: date) -> pa.Table:
+    def _rejected_table(self, app_id: str, day: date) -> pa.Table:
         columns = list(zip(*self._rejected, strict=True)) if self._rejected else [[]] * 5
         names = ["endpoint", "channel", "campaign_id", "reason", "raw_record"]
-        data = {"partition_date": pa.array([day] * len(self._rejected), pa.date32())}
-        data.update({name: pa.array(values, pa.string()) for name, values in zip(names, columns, strict=True)})
-        return pa.table(data).cast(schemas.REJECTED_RECORDS_SCHEMA)
+        table = pa.table({name: pa.array(values, pa.string()) for name, values in zip(names, columns, strict=True)})
+        return with_partition_columns(table, schemas.REJECTED_RECORDS_SCHEMA, app_id, day)
 
 
 def _safe_id(record) -> str | None:

@@ -70,8 +70,9 @@ class Warehouse:
         finally:
             con.close()
 
-    def replace_partition(self, day: date, tables: Mapping[str, pa.Table]) -> dict[str, int]:
-        """Replace ``day`` in every given table, in one transaction. Returns rows inserted per table."""
+    def replace_partition(self, day: date, tables: Mapping[str, pa.Table], app_id: str) -> dict[str, int]:
+        """Replace (``app_id``, ``day``) in every given table, in one transaction. Returns rows
+        inserted per table."""
         inserted: dict[str, int] = {}
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
@@ -80,7 +81,7 @@ class Warehouse:
                     spec = schemas.TABLES[name]
                     if table.schema != spec.schema:
                         table = table.cast(spec.schema)
-                    con.execute(f'DELETE FROM "{spec.name}" WHERE partition_date = ?', [day])
+                    con.execute(f'DELETE FROM "{spec.name}" WHERE partition_date = ? AND app_id = ?', [day, app_id])
                     con.register("incoming_partition", table)
                     con.execute(f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition')
                     con.unregister("incoming_partition")

@@ -116,6 +116,9 @@ def view_rows(con, view: str, keys: tuple[str, ...], where: str = "") -> dict[tu
     return result
 
 
+SIM_APP_ID = "sim-app"
+
+
 def assert_rows_match(actual: dict[tuple, dict], expected: dict[tuple, dict], keys: tuple[str, ...]) -> None:
     """Same keys; every non-key column of every actual row equals the expectation (floats approx)."""
     assert sorted(actual, key=repr) == sorted(expected, key=repr)
@@ -233,6 +236,7 @@ def test_campaign_delivery_puts_summary_totals_beside_detail_counts(con, truth):
             **counts,
             "recipients_diff": counts["messages"] - c["total_recipients"],
             "delivered_diff": counts["delivered"] - c["delivered"],
+            "app_id": SIM_APP_ID,
         }
     actual = view_rows(con, "campaign_delivery", ("campaign_id",))
     assert_rows_match(actual, expected, ("campaign_id",))
@@ -284,7 +288,8 @@ def insert(con, table: str, rows: list[dict]) -> None:
     names = [f.name for f in schemas.TABLES[table].schema]
     placeholders = ", ".join("?" for _ in names)
     for row in rows:
-        con.execute(f'INSERT INTO "{table}" VALUES ({placeholders})', [row.get(n) for n in names])
+        con.execute(f'INSERT INTO "{table}" VALUES ({placeholders})',
+                    [row.get(n, "app-1" if n == "app_id" else None) for n in names])
 
 
 def sms(campaign_id: str, recipient: str, status: str, day: date, **extra) -> dict:

@@ -23,7 +23,8 @@ CLI = [sys.executable, "-m", "campaign_pipeline.cli"]
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
     full_env.update(env)
-    return subprocess.run(CLI + args, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(CLI + args, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
+                          check=False)
 
 
 def sim_env(server, data_dir: Path, **extra) -> dict[str, str]:

@@ -59,8 +59,9 @@ def test_backfill_every_column_matches_ground_truth(loaded, simulator, table):
     for row in rows:
         expected = truth[(row["campaign_id"], row["recipient"])]
         assert row["partition_date"] == expected["sent_at"].date()
+        assert row["app_id"] == simulator.app_id
         for column, value in row.items():
-            if column == "partition_date":
+            if column in ("partition_date", "app_id"):
                 continue
             assert value == expected[column], (column, row["campaign_id"])
 
@@ -71,7 +72,7 @@ def test_backfill_campaign_columns_match_ground_truth(loaded, simulator):
     for row in read_table(data_dir / "warehouse.duckdb", "campaigns", "campaign_id"):
         expected = truth[row["campaign_id"]]
         for column, value in row.items():
-            if column != "partition_date":
+            if column not in ("partition_date", "app_id"):
                 assert value == expected[column], column
 
 

@@ -45,7 +45,7 @@ def test_odd_records_load_every_good_record_and_reject_exactly_the_bad_ones(odd_
     assert loaded.keys() == expected.keys()
     for key, row in loaded.items():
         for column, value in row.items():
-            if column != "partition_date":
+            if column not in ("partition_date", "app_id"):
                 assert value == expected[key][column], (column, key)
     rejected = read_table(warehouse, "rejected_records", "campaign_id, reason")
     assert Counter(r["reason"] for r in rejected) == Counter(REASON_OF_KIND[r["reason_kind"]] for r in truth.rejected)
@@ -68,6 +68,7 @@ def test_rejected_ratio_above_threshold_blocks_the_run(odd_server, tmp_path, mon
 # --- each check made to fail on a hand-built warehouse ------------------------------------------
 
 WINDOW = PartitionWindow.for_day(DAY, "UTC")
+APP = "app-1"
 SENT = datetime(2024, 5, 2, 10, tzinfo=UTC)
 
 
@@ -81,7 +82,7 @@ def _message(cid: str, recipient: str, status: str, sent=SENT):
 
 
 def _table(spec, rows):
-    columns = {f.name: [r.get(f.name) for r in rows] for f in spec.schema}
+    columns = {f.name: [r.get(f.name, APP if f.name == "app_id" else None) for r in rows] for f in spec.schema}
     return pa.table(columns, schema=spec.schema)
 
 
@@ -92,13 +93,13 @@ def build_warehouse(path, campaigns=(), sms=(), whatsapp=(), rejected=()):
         "sms_messages": _table(schemas.SMS_MESSAGES, sms),
         "whatsapp_messages": _table(schemas.WHATSAPP_MESSAGES, whatsapp),
         "rejected_records": _table(schemas.REJECTED_RECORDS, rejected),
-    })
+    }, APP)
     return warehouse
 
 
 def outcomes_of(warehouse, refetch=None, stats=None):
     with warehouse.reader() as con:
-        return {(o.spec.table, o.spec.name): o for o in quality.evaluate_day(con, WINDOW, stats or SplitStats(), refetch)}
+        return {(o.spec.table, o.spec.name): o for o in quality.evaluate_day(con, WINDOW, APP, stats or SplitStats(), refetch)}
 
 
 def test_checks_all_pass_on_consistent_data(tmp_path):
@@ -171,8 +172,8 @@ def test_rejected_ratio_warns_above_zero_and_fails_above_threshold(tmp_path):
     warehouse = build_warehouse(tmp_path / "w.duckdb", campaigns=[_campaign("s", "SMS", 1, 1)],
                                 sms=[_message("s", "+1001", "Delivered")], rejected=rejected)
     with warehouse.reader() as con:
-        lenient = quality.check_rejected_ratio(con, WINDOW, threshold=0.5)
-        strict = quality.check_rejected_ratio(con, WINDOW, threshold=0.01)
+        lenient = quality.check_rejected_ratio(con, WINDOW, APP, threshold=0.5)
+        strict = quality.check_rejected_ratio(con, WINDOW, APP, threshold=0.01)
     assert not lenient.passed and lenient.severity == quality.WARN
     assert not strict.passed and strict.severity == quality.ERROR
     assert strict.metadata["reasons"] == {"missing id": 1}

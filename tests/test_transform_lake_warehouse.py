@@ -14,6 +14,7 @@ from campaign_pipeline.warehouse import Warehouse, WarehouseError
 from campaign_pipeline.windows import PartitionWindow
 
 DAY = date(2024, 5, 1)
+APP = "app-1"
 
 
 def summary(cid: str, when: str, channel: str = "SMS", total: int = 1) -> dict:
@@ -28,7 +29,7 @@ def detail(cid: str, recipient: str, updated: str, status: str = "Delivered", wh
 
 
 def split(summary_records, details_by_campaign, tz="UTC"):
-    splitter = DaySplitter(PartitionWindow.for_day(DAY, tz))
+    splitter = DaySplitter(PartitionWindow.for_day(DAY, tz), APP)
     splitter.add_summary_records(summary_records)
     for cid, rows in details_by_campaign.items():
         splitter.add_detail_records(cid, rows)
@@ -68,6 +69,7 @@ def test_split_output_matches_declared_schemas():
     result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
     for name, table in result.tables.items():
         assert table.schema == schemas.TABLES[name].schema, name
+        assert set(table["app_id"].to_pylist()) <= {APP}
 
 
 def test_split_uses_partition_timezone_for_membership():
@@ -90,7 +92,7 @@ def test_lake_parquet_write_is_atomic_and_replaces(tmp_path):
     lake.write_parquet("t", DAY, pa.table({"x": [3]}))
     assert lake.read_parquet("t", DAY)["x"].to_pylist() == [3]
     files = [p.name for p in (tmp_path / "lake" / "t" / "date=2024-05-01").iterdir()]
-    assert files == ["part-0.parquet"]
+    assert files == ["part-default.parquet"]
 
 
 def test_lake_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
@@ -103,14 +105,14 @@ def test_lake_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("crash mid-landing")
     pages = list(lake.iter_raw_pages(DAY))
     assert [p.records for p in pages] == [[{"id": "old"}]]
-    assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "date=2024-05-01").iterdir()) == ["responses.ndjson.gz"]
+    assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "date=2024-05-01").iterdir()) == ["responses-default.ndjson.gz"]
 
 
 def test_warehouse_replace_partition_is_idempotent(tmp_path):
     result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
     warehouse = Warehouse(tmp_path / "w.duckdb")
-    warehouse.replace_partition(DAY, result.tables)
-    warehouse.replace_partition(DAY, result.tables)
+    warehouse.replace_partition(DAY, result.tables, APP)
+    warehouse.replace_partition(DAY, result.tables, APP)
     with warehouse.reader() as con:
         assert con.execute("SELECT count(*) FROM sms_messages").fetchone() == (1,)
         assert con.execute("SELECT count(*) FROM campaigns").fetchone() == (1,)
@@ -120,11 +122,11 @@ def test_warehouse_replace_partition_is_idempotent(tmp_path):
 def test_warehouse_rolls_back_the_whole_day_on_failure(tmp_path):
     result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
     warehouse = Warehouse(tmp_path / "w.duckdb")
-    warehouse.replace_partition(DAY, result.tables)
+    warehouse.replace_partition(DAY, result.tables, APP)
     broken = dict(result.tables)
     broken["sms_messages"] = pa.table({"nonsense": [1]})
-    with pytest.raises(Exception):
-        warehouse.replace_partition(DAY, broken)
+    with pytest.raises((pa.ArrowInvalid, ValueError, KeyError)):
+        warehouse.replace_partition(DAY, broken, APP)
     with warehouse.reader() as con:
         assert con.execute("SELECT count(*) FROM campaigns").fetchone() == (1,)
         assert con.execute("SELECT count(*) FROM sms_messages").fetchone() == (1,)
@@ -140,3 +142,16 @@ def test_warehouse_schema_drift_fails_loudly(tmp_path):
     with pytest.raises(WarehouseError, match="campaigns"):
         with Warehouse(path).writer():
             pass
+
+
+def test_warehouse_replaces_one_app_without_touching_another(tmp_path):
+    result = split([summary("c", "2024-05-01T10:00:00Z")], {"c": [detail("c", "+85291234567", "2024-05-01T10:05:00Z")]})
+    other = DaySplitter(PartitionWindow.for_day(DAY, "UTC"), "app-2")
+    other.add_summary_records([summary("d", "2024-05-01T11:00:00Z")])
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    warehouse.replace_partition(DAY, result.tables, APP)
+    warehouse.replace_partition(DAY, other.finish().tables, "app-2")
+    warehouse.replace_partition(DAY, result.tables, APP)
+    with warehouse.reader() as con:
+        assert con.execute("SELECT app_id, campaign_id FROM campaigns ORDER BY 1").fetchall() == [
+            ("app-1", "c"), ("app-2", "d")]

@@ -1,8 +1,14 @@
-"""Dagster assets: thin wrappers that map a partition range onto :mod:`campaign_pipeline.pipeline`."""
+"""Dagster assets: thin wrappers that map a partition range onto :mod:`campaign_pipeline.pipeline`.
 
+One asset set per CINNOX app. A single-app deployment has the plain keys (``raw_campaign_responses``,
+``campaigns``, ``sms_messages``, ``whatsapp_messages``, ``rejected_records``); with several apps
+(``CAMPAIGN_APPS``) each set is prefixed with the app's key. All sets write the same DuckDB tables,
+told apart by their ``app_id`` column. ``delivery_rate_views`` is shared.
+"""
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from datetime import date
 
 import dagster as dg
@@ -12,10 +18,31 @@ from campaign_pipeline.orchestration.resources import CampaignStorageResource, C
 from campaign_pipeline.windows import PartitionWindow
 
 progress_log = logging.getLogger("campaign_pipeline.progress")
-RAW_RESPONSES_KEY = dg.AssetKey("raw_campaign_responses")
+RAW_RESPONSES_NAME = "raw_campaign_responses"
 VIEWS_KEY = dg.AssetKey("delivery_rate_views")
-TABLE_KEYS = {name: dg.AssetKey(name) for name in schemas.TABLES}
 GROUP = "cinnox_campaigns"
+RAW_DESCRIPTION = (
+    "One gzip NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
+    "(the day's summary pages, then each campaign's detail pages), records kept verbatim (pseudonymized with "
+    "CAMPAIGN_PII_MODE=hash) so a day can be re-split without calling the API."
+)
+
+
+@dataclass(frozen=True)
+class AppAssetKeys:
+    """The asset keys of one app's asset set."""
+
+    prefix: tuple[str, ...]
+
+    @property
+    def raw(self) -> dg.AssetKey:
+        """The raw landing asset."""
+        return dg.AssetKey([*self.prefix, RAW_RESPONSES_NAME])
+
+    @property
+    def tables(self) -> dict[str, dg.AssetKey]:
+        """Table name -> asset key."""
+        return {name: dg.AssetKey([*self.prefix, name]) for name in schemas.TABLES}
 
 
 def windows_of(context: dg.AssetExecutionContext, tz_name: str) -> list[PartitionWindow]:
@@ -23,10 +50,10 @@ def windows_of(context: dg.AssetExecutionContext, tz_name: str) -> list[Partitio
     return [PartitionWindow.for_day(date.fromisoformat(key), tz_name) for key in context.partition_keys]
 
 
-def check_evaluation(outcome: quality.CheckOutcome, partition_key: str) -> dg.AssetCheckEvaluation:
+def check_evaluation(outcome: quality.CheckOutcome, asset_key: dg.AssetKey, partition_key: str):
     """A partitioned Dagster check evaluation from a :class:`quality.CheckOutcome`."""
     return dg.AssetCheckEvaluation(
-        asset_key=TABLE_KEYS[outcome.spec.table],
+        asset_key=asset_key,
         check_name=outcome.spec.name,
         passed=outcome.passed,
         metadata={key: dg.MetadataValue.json(value) if isinstance(value, (dict, list)) else value
@@ -38,85 +65,91 @@ def check_evaluation(outcome: quality.CheckOutcome, partition_key: str) -> dg.As
     )
 
 
-RAW_DESCRIPTION = (
-    "One gzip NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
-    "(the day's summary pages, then each campaign's detail pages), records kept verbatim (pseudonymized with "
-    "CAMPAIGN_PII_MODE=hash) so a day can be re-split without calling the API."
-)
-
-
-def build_assets(
+def build_app_assets(
     partitions: dg.DailyPartitionsDefinition,
+    keys: AppAssetKeys,
+    cinnox_resource_key: str = "cinnox",
     rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
-) -> list[dg.AssetsDefinition]:
-    """The partitioned assets of the pipeline (and their checks), for the given daily partitions.
+) -> dg.AssetsDefinition:
+    """One app's partitioned assets and checks, computed by a single step per run.
 
-    One multi-asset step per run handles each day in a single streaming pass: fetch, land, type,
-    write Parquet, replace the day in DuckDB, check. Selecting only the tables (``--resplit``)
-    rebuilds them from the landed files without any API call.
+    The step handles each day in one streaming pass: fetch, land, type, write Parquet, replace the
+    (app, day) in DuckDB, check. Selecting only the tables (``--resplit``) rebuilds them from the
+    landed files without any API call.
     """
     tz_name = partitions.timezone
+    table_keys = keys.tables
+    name = "_".join([*keys.prefix, "campaign_partition"])
 
     @dg.multi_asset(
         specs=[
-            dg.AssetSpec(RAW_RESPONSES_KEY, description=RAW_DESCRIPTION, group_name=GROUP, kinds={"json"},
-                         skippable=True),
+            dg.AssetSpec(keys.raw, description=RAW_DESCRIPTION, group_name=GROUP, kinds={"json"}, skippable=True),
             *[
-                dg.AssetSpec(key, deps=[RAW_RESPONSES_KEY], description=schemas.TABLES[name].grain,
+                dg.AssetSpec(key, deps=[keys.raw], description=schemas.TABLES[table].grain,
                              group_name=GROUP, kinds={"parquet", "duckdb"}, skippable=True)
-                for name, key in TABLE_KEYS.items()
+                for table, key in table_keys.items()
             ],
         ],
         check_specs=[
-            dg.AssetCheckSpec(spec.name, asset=TABLE_KEYS[spec.table], blocking=spec.blocking,
+            dg.AssetCheckSpec(spec.name, asset=table_keys[spec.table], blocking=spec.blocking,
                               description=spec.description, partitions_def=partitions)
             for spec in quality.ALL_CHECKS
         ],
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         can_subset=True,
-        name="campaign_partition",
+        name=name,
+        required_resource_keys={cinnox_resource_key, "storage"},
     )
-    def campaign_partition(context: dg.AssetExecutionContext, cinnox: CinnoxResource, storage: CampaignStorageResource):
+    def campaign_partition(context: dg.AssetExecutionContext):
         """Fetch/land, split, publish and check each day of the run's partition range."""
+        cinnox: CinnoxResource = getattr(context.resources, cinnox_resource_key)
+        storage: CampaignStorageResource = context.resources.storage
         selected = context.selected_asset_keys
-        fetch = RAW_RESPONSES_KEY in selected
-        load = any(key in selected for key in TABLE_KEYS.values())
+        fetch = keys.raw in selected
+        load = any(key in selected for key in table_keys.values())
         selected_checks = context.selected_asset_check_keys
         storage.prepare()
-        lake, warehouse = storage.lake(), storage.warehouse()
+        lake, warehouse, app = storage.lake(), storage.warehouse(), cinnox.app_ref()
         windows = windows_of(context, tz_name)
         with cinnox.open_client() if fetch else contextlib.nullcontext() as client:
             for number, window in enumerate(windows, start=1):
                 if fetch:
                     landed, day_tables, inserted = pipeline.ingest_day(
-                        client, lake, warehouse, window, workers=cinnox.fetch_workers, progress=context.log.debug,
-                        hasher=storage.recipient_hasher(), publish=load)
-                    context.add_asset_metadata(landed.as_metadata(), asset_key=RAW_RESPONSES_KEY,
-                                               partition_key=window.key)
+                        client, lake, warehouse, app, window, workers=cinnox.fetch_workers,
+                        progress=context.log.debug, hasher=storage.recipient_hasher(), publish=load)
+                    context.add_asset_metadata(landed.as_metadata(), asset_key=keys.raw, partition_key=window.key)
                 else:
-                    day_tables = pipeline.split_day(lake, window)
-                    inserted = pipeline.publish_day(lake, warehouse, day_tables)
-                progress_log.info("day %d/%d done: %s %s", number, len(windows), window.key,
-                                  {name: count for name, count in inserted.items()} or "landed")
+                    day_tables = pipeline.split_day(lake, app, window)
+                    inserted = pipeline.publish_day(lake, warehouse, app, day_tables)
+                progress_log.info("day %d/%d done: %s%s %s", number, len(windows), window.key,
+                                  "" if app.key == "default" else f" [{app.key}]", inserted or "landed")
                 if not load:
                     continue
-                _add_table_metadata(context, window, day_tables, inserted, pipeline.partition_rates(warehouse, window))
-                outcomes = pipeline.check_day(warehouse, window, day_tables.stats,
+                rates = pipeline.partition_rates(warehouse, app, window)
+                _add_table_metadata(context, table_keys, window, day_tables, inserted, rates)
+                outcomes = pipeline.check_day(warehouse, app, window, day_tables.stats,
                                               refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
                                               rejected_threshold=rejected_threshold)
                 for outcome in outcomes:
-                    if dg.AssetCheckKey(TABLE_KEYS[outcome.spec.table], outcome.spec.name) in selected_checks:
-                        yield check_evaluation(outcome, window.key)
-        for key in (RAW_RESPONSES_KEY, *TABLE_KEYS.values()):  # topological order
+                    asset_key = table_keys[outcome.spec.table]
+                    if dg.AssetCheckKey(asset_key, outcome.spec.name) in selected_checks:
+                        yield check_evaluation(outcome, asset_key, window.key)
+        for key in (keys.raw, *table_keys.values()):  # topological order
             if key in selected:
                 yield dg.MaterializeResult(asset_key=key)
         for check_key in selected_checks:  # evaluations were yielded per partition above
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))
 
+    return campaign_partition
+
+
+def build_views_asset(partitions: dg.DailyPartitionsDefinition, table_keys: list[dg.AssetKey]) -> dg.AssetsDefinition:
+    """The shared analyst views, refreshed after every load."""
+
     @dg.asset(
         key=VIEWS_KEY,
-        deps=list(TABLE_KEYS.values()),
+        deps=table_keys,
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GROUP,
@@ -129,14 +162,30 @@ def build_assets(
         return dg.MaterializeResult(metadata={"views": dg.MetadataValue.json(applied),
                                               "latest_days": dg.MetadataValue.md(preview)})
 
-    return [campaign_partition, delivery_rate_views]
+    return delivery_rate_views
 
 
-def _add_table_metadata(
-    context: dg.AssetExecutionContext, window: PartitionWindow, day_tables, inserted, rates
-) -> None:
+def build_assets(
+    partitions: dg.DailyPartitionsDefinition,
+    app_resource_keys: dict[str, str] | None = None,
+    rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
+) -> list[dg.AssetsDefinition]:
+    """Every asset: one set per app (``app key -> cinnox resource key``; default one unprefixed app)
+    plus the shared views."""
+    app_resource_keys = app_resource_keys or {"default": "cinnox"}
+    single = list(app_resource_keys) == ["default"]
+    assets, tables = [], []
+    for app_key, resource_key in app_resource_keys.items():
+        keys = AppAssetKeys(() if single else (app_key,))
+        assets.append(build_app_assets(partitions, keys, resource_key, rejected_threshold))
+        tables.extend(keys.tables.values())
+    assets.append(build_views_asset(partitions, tables))
+    return assets
+
+
+def _add_table_metadata(context, table_keys, window: PartitionWindow, day_tables, inserted, rates) -> None:
     stats = day_tables.stats.as_metadata()
-    for name, key in TABLE_KEYS.items():
+    for name, key in table_keys.items():
         metadata: dict = {"dagster/row_count": inserted[name]}
         for rate, value in rates.get(name, {}).items():
             if value is not None:  # numeric metadata, so the UI plots it across partitions

@@ -11,7 +11,7 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from campaign_pipeline.definitions import build_definitions
-from campaign_pipeline.orchestration.assets import RAW_RESPONSES_KEY, TABLE_KEYS, VIEWS_KEY
+from campaign_pipeline.orchestration.assets import RAW_RESPONSES_NAME
 from campaign_pipeline.orchestration.schedules import JOB_NAME
 
 log = logging.getLogger(__name__)
@@ -43,9 +43,9 @@ def run_backfill(
     """
     defs = build_definitions(os.environ)
     job = defs.resolve_job_def(JOB_NAME)
-    selection = [*TABLE_KEYS.values(), VIEWS_KEY]
-    if not resplit_only:
-        selection.insert(0, RAW_RESPONSES_KEY)
+    selection = sorted(defs.get_repository_def().asset_graph.get_all_asset_keys())
+    if resplit_only:
+        selection = [key for key in selection if key.path[-1] != RAW_RESPONSES_NAME]
     own_instance = instance is None
     if own_instance:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()

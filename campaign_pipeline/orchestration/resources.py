@@ -13,6 +13,7 @@ from campaign_pipeline import settings
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
+from campaign_pipeline.pipeline import AppRef
 from campaign_pipeline.warehouse import Warehouse
 
 
@@ -21,6 +22,7 @@ class CinnoxResource(dg.ConfigurableResource):
     ``source`` is ``simulator``. Secrets come from ``dg.EnvVar`` and never reach metadata."""
 
     source: str = pipeline_config.SOURCE_CINNOX
+    app_key: str = "default"
     base_url: str | None = None
     app_id: str | None = None
     app_token: str | None = None
@@ -49,6 +51,15 @@ class CinnoxResource(dg.ConfigurableResource):
             backoff_max_s=self.backoff_max_s,
         )
 
+    def app_ref(self) -> AppRef:
+        """This app's key (names its lake files) and CINNOX App ID (fills the ``app_id`` column)."""
+        if self.source == pipeline_config.SOURCE_SIMULATOR:
+            return AppRef(self.app_key, self._simulator_app_id())
+        return AppRef(self.app_key, self.validated().app_id)
+
+    def _simulator_app_id(self) -> str:
+        return "sim-app" if self.app_key == "default" else f"sim-{self.app_key}"
+
     @contextmanager
     def open_client(self) -> Iterator[CinnoxClient]:
         """A client for the configured source; the embedded simulator lives as long as the block."""
@@ -57,6 +68,7 @@ class CinnoxResource(dg.ConfigurableResource):
             from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
 
             sim_config = SimulatorConfig(
+                app_id=self._simulator_app_id(),
                 seed=self.simulator_seed,
                 campaigns_per_day=self.simulator_campaigns_per_day,
                 recipients_per_campaign=self.simulator_recipients_per_campaign,

@@ -4,13 +4,13 @@
 -- every rate view sums these flags and computes its rates with the macros below.
 CREATE OR REPLACE VIEW message_metrics AS
 WITH both_channels AS (
-    SELECT 'SMS' AS channel, campaign_id, recipient, partition_date, sent_at, last_updated_at, status,
+    SELECT 'SMS' AS channel, app_id, campaign_id, recipient, partition_date, sent_at, last_updated_at, status,
            sender_phone, sender_eid, NULL::VARCHAR AS sender_channel_name,
            NULL::VARCHAR AS sender_source_name, NULL::VARCHAR AS subject, recipient_country, num_sms,
            carrier_network_status, NULL::VARCHAR AS failed_reason
     FROM sms_messages
     UNION ALL
-    SELECT 'WhatsApp' AS channel, campaign_id, recipient, partition_date, sent_at, last_updated_at, status,
+    SELECT 'WhatsApp' AS channel, app_id, campaign_id, recipient, partition_date, sent_at, last_updated_at, status,
            sender_phone, NULL::VARCHAR AS sender_eid, sender_channel_name, sender_source_name, subject,
            NULL::VARCHAR AS recipient_country, NULL::INTEGER AS num_sms,
            NULL::VARCHAR AS carrier_network_status, failed_reason

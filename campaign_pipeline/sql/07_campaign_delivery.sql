@@ -1,9 +1,9 @@
--- campaign_delivery: one row per campaign (every row of campaigns): the summary endpoint's totals
+-- campaign_delivery: one row per campaign and app (every row of campaigns): the summary endpoint's totals
 -- (summary_*) beside the same counts rebuilt from the detail rows, with the rates and the
 -- differences a reconciliation needs. A campaign without detail rows has messages = 0 and NULL rates.
 CREATE OR REPLACE VIEW campaign_delivery AS
 WITH detail AS (
-    SELECT campaign_id,
+    SELECT app_id, campaign_id,
            count(*) AS messages,
            sum(is_delivered)::BIGINT AS delivered,
            sum(is_read)::BIGINT AS "read",
@@ -12,10 +12,10 @@ WITH detail AS (
            sum(is_undelivered)::BIGINT AS undelivered,
            sum(is_in_flight)::BIGINT AS in_flight
     FROM message_metrics
-    GROUP BY campaign_id
+    GROUP BY app_id, campaign_id
 ),
 joined AS (
-    SELECT c.campaign_id, c.partition_date, c.sent_at, c.channel, c.campaign_name, c.created_by,
+    SELECT c.app_id, c.campaign_id, c.partition_date, c.sent_at, c.channel, c.campaign_name, c.created_by,
            c.sender_phone, c.sender_eid, c.sender_channel_name, c.subject,
            c.total_recipients,
            c.delivered AS summary_delivered,
@@ -31,7 +31,7 @@ joined AS (
            coalesce(d.undelivered, 0) AS undelivered,
            coalesce(d.in_flight, 0) AS in_flight
     FROM campaigns c
-    LEFT JOIN detail d USING (campaign_id)
+    LEFT JOIN detail d USING (app_id, campaign_id)
 )
 SELECT *,
        delivery_rate(delivered, messages, in_flight) AS delivery_rate,
