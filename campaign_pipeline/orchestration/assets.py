@@ -21,6 +21,7 @@ progress_log = logging.getLogger("campaign_pipeline.progress")
 RAW_RESPONSES_NAME = "raw_campaign_responses"
 VIEWS_KEY = dg.AssetKey("delivery_rate_views")
 GROUP = "cinnox_campaigns"
+WRITER_POOL = "cinnox_api"
 RAW_DESCRIPTION = (
     "One gzip NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
     "(the day's summary pages, then each campaign's detail pages), records kept verbatim (pseudonymized with "
@@ -100,6 +101,8 @@ def build_app_assets(
         can_subset=True,
         name=name,
         required_resource_keys={cinnox_resource_key, "storage"},
+        # One slot: keeps the fleet inside the API's request budget and DuckDB's single writer.
+        pool=WRITER_POOL,
     )
     def campaign_partition(context: dg.AssetExecutionContext):
         """Fetch/land, split, publish and check each day of the run's partition range."""
@@ -154,6 +157,7 @@ def build_views_asset(partitions: dg.DailyPartitionsDefinition, table_keys: list
         backfill_policy=dg.BackfillPolicy.single_run(),
         group_name=GROUP,
         kinds={"duckdb", "sql"},
+        pool=WRITER_POOL,
         description="The analyst views over the warehouse (campaign_pipeline/sql/*.sql), refreshed after loads; "
                     "the materialization previews the latest days' delivery rates.",
     )

@@ -1,0 +1,269 @@
+"""Shipped deployment config (deploy/): Dagster validates every dagster.yaml, the local one loads, and a
+partition runs under the multiprocess executor with the `cinnox_api` pool enforced by the instance."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import dagster as dg
+import pytest
+import yaml
+from dagster._config import process_config
+from dagster._core.errors import DagsterInvalidConfigError
+from dagster._core.instance.config import (
+    PoolGranularity,
+    dagster_instance_config,
+    dagster_instance_config_schema,
+)
+from dagster._core.instance.ref import InstanceRef
+
+from campaign_pipeline import schemas, settings
+from campaign_pipeline.definitions import build_definitions
+from campaign_pipeline.orchestration.schedules import JOB_NAME
+from tests.conftest import FIRST_DAY, pipeline_env, read_table, start_simulator
+
+DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+LOCAL_YAML = DEPLOY / "dagster.local.yaml"
+POSTGRES_YAML = DEPLOY / "dagster.yaml"
+DOCKER_YAML = DEPLOY / "docker" / "dagster.yaml"
+INSTANCE_YAMLS = [LOCAL_YAML, POSTGRES_YAML, DOCKER_YAML]
+K8S_VALUES = DEPLOY / "k8s" / "values.yaml"
+DEPLOYMENT_DOC = DEPLOY.parent / "docs" / "deployment.md"
+
+POOL = "cinnox_api"
+STEP_KEY = "campaign_partition"
+DAY = FIRST_DAY.isoformat()
+PG_ENV = {"DAGSTER_PG_HOST": "pg.example.internal", "DAGSTER_PG_PORT": "6543", "DAGSTER_PG_DB": "dagster",
+          "DAGSTER_PG_USER": "dagster", "DAGSTER_PG_PASSWORD": "not-a-real-password"}
+# dagster_docker.DockerRunLauncher's documented config keys (its package is not installed here).
+DOCKER_LAUNCHER_KEYS = {"image", "network", "networks", "registry", "env_vars", "container_kwargs"}
+MULTIPROCESS = {"execution": {"config": {"multiprocess": {"max_concurrent": 2}}},
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+BLOCKER_RUN = "another-run-holding-the-slot"
+
+
+def campaign_job() -> dg.JobDefinition:
+    """The partitioned job, rebuilt from the environment in every process (``dg.reconstructable`` target)."""
+    return build_definitions(os.environ).resolve_job_def(JOB_NAME)
+
+
+def _raw(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def _pools(path: Path) -> dict:
+    return _raw(path)["concurrency"]["pools"]
+
+
+def _use_home(monkeypatch: pytest.MonkeyPatch, home: Path, config: Path) -> Path:
+    home.mkdir(parents=True, exist_ok=True)
+    shutil.copy(config, home / "dagster.yaml")
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    return home
+
+
+# -- every shipped dagster.yaml, through Dagster's own validation --------------------------------------
+
+
+@pytest.mark.parametrize("path", INSTANCE_YAMLS, ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_shipped_instance_yaml_passes_dagsters_validation(path, monkeypatch):
+    for name, value in PG_ENV.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("DAGSTER_HOME", str(path.parent))  # the local file's sqlite base_dir reads it
+
+    # The function DagsterInstance uses to read $DAGSTER_HOME/dagster.yaml (schema + concurrency rules).
+    validated, custom_class = dagster_instance_config(str(path.parent), config_filename=path.name)
+    assert custom_class is None
+    assert set(validated) >= {"storage", "run_coordinator", "concurrency"}
+    # Full processing resolves every {env: ...} source too (a bad source type would fail here).
+    processed = process_config(dagster_instance_config_schema(), _raw(path))
+    assert processed.success, processed.errors
+
+    # What the instance would be built from; rehydrating the queue proves its config fits the class.
+    ref = InstanceRef.from_dir(str(path.parent), config_filename=path.name)
+    coordinator = ref.run_coordinator
+    assert isinstance(coordinator, dg.QueuedRunCoordinator)
+    assert ref.settings["concurrency"]["pools"] == {"default_limit": 1, "granularity": "op"}
+    if "postgres" in validated["storage"]:
+        db = processed.value["storage"]["postgres"]["postgres_db"]
+        assert (db["hostname"], db["port"]) == ("pg.example.internal", 6543)
+        # Class data only: dagster_postgres is not installed here, so the storage is never built.
+        assert ref.storage_data.module_name == "dagster_postgres"
+    else:
+        assert ref.storage_data.class_name == "DagsterSqliteStorage"
+
+
+def test_the_validator_rejects_run_limits_in_two_places(tmp_path):
+    """Control: the same validation fails on the mistake the Helm note warns about (a live validator)."""
+    raw = _raw(POSTGRES_YAML)
+    raw["run_coordinator"]["config"]["max_concurrent_runs"] = 4
+    (tmp_path / "dagster.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(DagsterInvalidConfigError, match="max_concurrent_runs"):
+        dagster_instance_config(str(tmp_path))
+
+
+def test_pool_limit_times_client_budget_stays_under_the_documented_api_limit():
+    for path in INSTANCE_YAMLS:
+        assert _raw(path)["concurrency"] == _raw(LOCAL_YAML)["concurrency"], path
+        slots = _pools(path)["default_limit"]
+        assert slots * settings.DEFAULT_RATE_LIMIT_PER_MIN <= settings.DOCUMENTED_RATE_LIMIT_PER_MIN, path
+    values = _raw(K8S_VALUES)["concurrency"]
+    assert values["enabled"] is True
+    assert values["pools"] == {"defaultLimit": _pools(POSTGRES_YAML)["default_limit"],
+                               "granularity": _pools(POSTGRES_YAML)["granularity"]}
+    assert values["runs"]["maxConcurrentRuns"] == _raw(POSTGRES_YAML)["concurrency"]["runs"]["max_concurrent_runs"]
+    assert "maxConcurrentRuns" not in _raw(K8S_VALUES)["dagsterDaemon"]["runCoordinator"]["config"]["queuedRunCoordinator"]
+
+
+def test_docker_launcher_block_uses_documented_keys_and_forwards_what_runs_need():
+    launcher = _raw(DOCKER_YAML)["run_launcher"]
+    assert (launcher["module"], launcher["class"]) == ("dagster_docker", "DockerRunLauncher")
+    config = launcher["config"]
+    assert set(config) <= DOCKER_LAUNCHER_KEYS
+    assert not {"image", "environment", "network"} & set(config.get("container_kwargs", {}))  # documented as refused
+    forwarded = set(config["env_vars"])
+    assert set(PG_ENV) <= forwarded  # the run container opens the same Postgres instance
+    assert {"CINNOX_BASE_URL", "CINNOX_APP_ID", "CINNOX_APP_TOKEN", "CINNOX_RATE_LIMIT_PER_MIN",
+            "CAMPAIGN_DATA_DIR", "CAMPAIGN_LAKE_URI"} <= forwarded
+    try:
+        import dagster_docker  # noqa: F401
+    except ImportError:
+        return  # not installed here: the launcher's own schema check is left to a Docker host
+    ref = InstanceRef.from_dir(str(DOCKER_YAML.parent))
+    assert type(ref.run_launcher).__name__ == "DockerRunLauncher"
+
+
+def test_athena_and_trino_ddl_in_the_docs_match_the_arrow_schema():
+    doc = DEPLOYMENT_DOC.read_text()
+    athena = re.search(r"CREATE EXTERNAL TABLE sms_messages \((.*?)\)\s*PARTITIONED BY \(`date` string\)",
+                       doc, re.DOTALL)
+    trino = re.search(r"CREATE TABLE hive\.campaigns\.sms_messages \((.*?)\)\s*WITH", doc, re.DOTALL)
+    assert athena and trino
+    athena_types = {"string": "string", "date32[day]": "date", "int32": "int", "int64": "bigint",
+                    "timestamp[us, tz=UTC]": "timestamp"}
+    expected = [(f.name, athena_types[str(f.type)]) for f in schemas.TABLES["sms_messages"].schema]
+    assert [tuple(line.rstrip(",").split()) for line in athena.group(1).strip().splitlines()] == expected
+    trino_columns = [c.split()[0].strip('"') for c in trino.group(1).replace("\n", " ").split(",")]
+    assert trino_columns == [name for name, _ in expected] + ["date"]
+    assert "LOCATION 's3://bucket/prefix/sms_messages/'" in doc
+
+
+# -- the local variant, as a real instance -----------------------------------------------------------
+
+
+def test_local_yaml_loads_as_an_instance_with_the_queue_and_pools(tmp_path, monkeypatch):
+    home = _use_home(monkeypatch, tmp_path / "dagster_home", LOCAL_YAML)
+    with dg.DagsterInstance.get() as instance:
+        assert instance.is_persistent and Path(instance.root_directory) == home
+        assert isinstance(instance.run_coordinator, dg.QueuedRunCoordinator)
+        concurrency = instance.get_concurrency_config()
+        assert concurrency.run_queue_config.max_concurrent_runs == 4
+        pools = concurrency.pool_config
+        assert (pools.default_pool_limit, pools.pool_granularity) == (1, PoolGranularity.OP)
+        storage = instance.event_log_storage
+        assert storage.supports_global_concurrency_limits
+        storage.initialize_concurrency_limit_to_default(POOL)
+        info = storage.get_concurrency_info(POOL)
+        assert (info.slot_count, info.using_default_limit) == (1, True)
+    assert (home / "history" / "runs.db").exists()  # sqlite storage under $DAGSTER_HOME
+
+
+# -- the pool on the asset, and a real multiprocess run ------------------------------------------------
+
+
+def test_campaign_partition_step_is_in_the_cinnox_api_pool():
+    env = {"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_PARTITION_START": DAY}
+    job = build_definitions(env).resolve_job_def(JOB_NAME)
+    assert job.graph.node_dict[STEP_KEY].definition.pool == POOL
+
+
+@pytest.fixture
+def simulator_server():
+    server = start_simulator()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def local_instance(simulator_server, tmp_path, monkeypatch):
+    """A persistent instance from deploy/dagster.local.yaml, with the pipeline pointed at the simulator."""
+    data_dir = tmp_path / "data"
+    pipeline_env(monkeypatch, simulator_server, data_dir)  # also drops DAGSTER_HOME; set it after
+    _use_home(monkeypatch, tmp_path / "dagster_home", LOCAL_YAML)
+    with dg.DagsterInstance.get() as instance:
+        yield instance, data_dir, simulator_server
+
+
+def _execute_one_partition(instance: dg.DagsterInstance):
+    with dg.execute_job(dg.reconstructable(campaign_job), instance=instance, run_config=MULTIPROCESS,
+                        tags={"dagster/partition": DAY}) as result:
+        return result.success, result.run_id
+
+
+def _assert_day_landed(data_dir: Path, server) -> None:
+    lower = datetime.combine(FIRST_DAY, datetime.min.time(), tzinfo=UTC)
+    truth = server.simulator.ground_truth(lower, lower + timedelta(days=1))
+    rows = read_table(data_dir / "warehouse.duckdb", "campaigns", "campaign_id")
+    assert sorted(r["campaign_id"] for r in rows) == sorted(c["campaign_id"] for c in truth.campaigns)
+    assert rows and {r["partition_date"] for r in rows} == {FIRST_DAY}
+    for table in ("sms_messages", "whatsapp_messages"):
+        assert read_table(data_dir / "warehouse.duckdb", table), table
+
+
+def test_one_partition_runs_under_the_multiprocess_executor_on_the_local_instance(local_instance):
+    instance, data_dir, server = local_instance
+    success, run_id = _execute_one_partition(instance)
+    assert success
+    run = instance.get_run_by_id(run_id)
+    assert run.status == dg.DagsterRunStatus.SUCCESS and run.tags["dagster/partition"] == DAY
+    workers = [e.dagster_event for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.STEP_WORKER_STARTED)]
+    assert STEP_KEY in {w.step_key for w in workers}
+    assert all(w.pid != os.getpid() for w in workers)  # every step ran in a child process
+    _assert_day_landed(data_dir, server)
+
+
+def test_the_step_waits_for_a_cinnox_api_slot_and_runs_when_one_frees(local_instance):
+    """Hold the pool's only slot (limit 1 from the yaml) from another 'run'; the step must block on it,
+    then run once the slot is released, and give its own slot back at the end."""
+    instance, data_dir, server = local_instance
+    storage = instance.event_log_storage
+    storage.initialize_concurrency_limit_to_default(POOL)
+    assert storage.get_concurrency_info(POOL).slot_count == 1
+    assert storage.claim_concurrency_slot(POOL, BLOCKER_RUN, "other-step").is_claimed
+
+    seen_pending: list[tuple[str, str]] = []
+    run_finished = threading.Event()
+
+    def release_when_blocked() -> None:
+        with dg.DagsterInstance.from_ref(instance.get_ref()) as watcher:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and not run_finished.is_set():
+                info = watcher.event_log_storage.get_concurrency_info(POOL)
+                pending = [p for p in info.pending_steps if p.run_id != BLOCKER_RUN]
+                if pending:
+                    seen_pending.extend((p.run_id, p.step_key) for p in pending)
+                    break
+                time.sleep(0.2)
+            watcher.event_log_storage.free_concurrency_slots_for_run(BLOCKER_RUN)
+
+    releaser = threading.Thread(target=release_when_blocked, daemon=True)
+    releaser.start()
+    try:
+        success, run_id = _execute_one_partition(instance)
+    finally:
+        run_finished.set()
+        releaser.join(timeout=30)
+
+    assert success
+    assert seen_pending == [(run_id, STEP_KEY)]  # the step waited in the pool
+    messages = [e.message or "" for e in instance.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)]
+    assert any(f"blocked by limit for pool {POOL}" in m for m in messages)
+    info = storage.get_concurrency_info(POOL)
+    assert info.claimed_slots == [] and info.pending_steps == []  # released after the step
+    _assert_day_landed(data_dir, server)
