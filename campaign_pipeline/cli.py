@@ -60,7 +60,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     days = (args.end - args.start).days + 1
     print(f"backfill {args.start}..{args.end} ({days} day{'s' * (days != 1)}) "
           f"source={config.source} data_dir={config.data_dir}", file=sys.stderr)
-    outcome = run_backfill(args.start, args.end, resplit_only=args.resplit)
+    outcome = run_backfill(args.start, args.end, resplit_only=args.resplit,
+                           dagster_log_level="DEBUG" if args.verbose else "CRITICAL")
     if not outcome.success:
         reason = outcome.failure or "see the Dagster event log"
         if outcome.failed_checks:
@@ -104,9 +105,16 @@ def cmd_simulator(args: argparse.Namespace) -> int:
     return simulator_main(args.simulator_args) or EXIT_OK
 
 
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Bad arguments exit 2 with one line (no usage block), like every other input error."""
+
+    def error(self, message: str):
+        self.exit(EXIT_BAD_INPUT, f"error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``campaign-pipeline``."""
-    parser = argparse.ArgumentParser(prog="campaign-pipeline", description=__doc__.splitlines()[0])
+    parser = _OneLineErrorParser(prog="campaign-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 

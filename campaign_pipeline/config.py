@@ -171,7 +171,8 @@ def validate(
                     f"{name} is not set; set it (see .env.example) or use CAMPAIGN_SOURCE=simulator for the built-in simulator"
                 )
         base_url = str(base_url).strip().rstrip("/")
-        if not _BASE_URL.match(base_url):
+        port = _BASE_URL.match(base_url)
+        if not port or (port.group(1) and not 0 < int(port.group(1)[1:]) <= 65535):
             raise ConfigError(
                 f"{variable_prefix}BASE_URL is not a valid http(s) URL; expected e.g. https://example.cinnox.com"
             )
@@ -276,16 +277,30 @@ def prepare_data_dir(config: PipelineConfig) -> None:
         ) from None
     for marker_name, variable, value in ((SOURCE_MARKER, "CAMPAIGN_SOURCE", config.source),
                                          (PII_MARKER, "CAMPAIGN_PII_MODE", config.pii_mode)):
-        marker = data_dir / marker_name
-        if marker.exists():
-            recorded = marker.read_text().strip()
-            if recorded != value:
-                raise ConfigError(
-                    f"CAMPAIGN_DATA_DIR={str(data_dir)!r} holds {variable}={recorded} data but {variable}={value}; "
-                    "use a separate data dir"
-                )
-        else:
-            marker.write_text(value + "\n")
+        recorded = _claim_marker(data_dir / marker_name, value)
+        if recorded != value:
+            raise ConfigError(
+                f"CAMPAIGN_DATA_DIR={str(data_dir)!r} holds {variable}={recorded} data but {variable}={value}; "
+                "use a separate data dir"
+            )
+
+
+def _claim_marker(marker: Path, value: str) -> str:
+    """Record ``value`` in ``marker`` unless another value is already there; return what is recorded.
+
+    The marker appears atomically (a complete temporary file hard-linked into place), so two first
+    runs racing on a fresh data dir never read a half-written marker.
+    """
+    if not marker.exists():
+        temp = marker.with_name(f"{marker.name}.tmp-{os.getpid()}")
+        temp.write_text(value + "\n")
+        try:
+            os.link(temp, marker)
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink(missing_ok=True)
+    return marker.read_text().strip()
 
 
 def recipient_hasher(config: PipelineConfig) -> RecipientHasher | None:

@@ -34,6 +34,7 @@ def run_backfill(
     end: date,
     resplit_only: bool = False,
     instance: dg.DagsterInstance | None = None,
+    dagster_log_level: str = "CRITICAL",
 ) -> BackfillOutcome:
     """Materialize every partitioned asset (and its checks) for ``start..end`` inclusive, as one run.
 
@@ -55,7 +56,9 @@ def run_backfill(
             raise_on_error=False,
             asset_selection=selection,
             tags={ASSET_PARTITION_RANGE_START_TAG: start.isoformat(), ASSET_PARTITION_RANGE_END_TAG: end.isoformat()},
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            # Dagster's own console output (stack traces included) stays quiet unless asked for: the
+            # caller reports the one-line reason, and the event log keeps every detail.
+            run_config={"loggers": {"console": {"config": {"log_level": dagster_log_level}}}},
         )
     finally:
         if own_instance and not os.environ.get("DAGSTER_HOME"):
