@@ -411,6 +411,10 @@ class CinnoxClient:
             adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
+            # Resolve proxy variables (HTTPS_PROXY, NO_PROXY...) once for our one host instead of
+            # re-reading the whole environment on every request; .netrc is never consulted.
+            session.proxies = dict(requests.utils.get_environ_proxies(self.base_url))
+            session.trust_env = False
         self.session = session
 
         app = quote(self.app_id, safe="")

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from campaign_pipeline import records, schemas, settings
+from campaign_pipeline.columnar import clean_page_batch
 from campaign_pipeline.windows import PartitionWindow
 
 _BATCH_ROWS = 20_000
@@ -80,6 +81,11 @@ class _ColumnBuffer:
         self.rows.append(row)
         if len(self.rows) >= _BATCH_ROWS:
             self.flush()
+
+    def append_batch(self, batch: pa.RecordBatch) -> None:
+        """Append an already typed batch, after the rows that arrived before it."""
+        self.flush()
+        self.batches.append(batch)
 
     def flush(self) -> None:
         if not self.rows:
@@ -162,8 +168,15 @@ class DaySplitter:
         if channel is None:
             self.stats.details_for_unknown_campaigns += len(page_records)
             return
-        parse = records.MESSAGE_PARSERS[channel]
         buffer = self._messages[channel]
+        self.stats.detail_records += len(page_records)
+        fast = clean_page_batch(page_records, history_id, channel)
+        if fast is not None:
+            batch, unknown = fast
+            buffer.append_batch(batch)
+            self.stats.unknown_fields.update(unknown)
+            return
+        parse = records.MESSAGE_PARSERS[channel]
         unknown_fields = self.stats.unknown_fields
         known = records.DETAIL_FIELDS
         for record in page_records:
@@ -177,7 +190,6 @@ class DaySplitter:
             ):
                 unknown_fields.update(records.unknown_fields(record, known))
             buffer.append(row)
-        self.stats.detail_records += len(page_records)
 
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1

@@ -30,6 +30,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
 DEFAULT_OPEN_TIMEOUT_S = 120.0
 _META_TABLE = "_campaign_pipeline_meta"
+# A day's load is small; cap DuckDB's buffer pool so a backfill's memory stays flat (it spills to
+# disk beyond this) and use few threads on small machines.
+_WRITER_SETTINGS = {"memory_limit": "256MB", "threads": "2"}
 
 
 class WarehouseError(CampaignPipelineError):
@@ -157,7 +160,11 @@ def _connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.
     delay = 0.05
     while True:
         try:
-            return duckdb.connect(path, read_only=read_only)
+            con = duckdb.connect(path, read_only=read_only)
+            if not read_only:  # SET, not connect(config=...): other connections may share the file
+                for name, value in _WRITER_SETTINGS.items():
+                    con.execute(f"SET {name} = '{value}'")
+            return con
         except duckdb.IOException as error:
             if "lock" not in str(error).lower() or time.monotonic() >= deadline:
                 raise WarehouseError(

@@ -48,6 +48,14 @@ def pipeline_env(monkeypatch: pytest.MonkeyPatch, server: SimulatorServer, data_
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
 
 
+def decompress(path: Path) -> bytes:
+    """The bytes of a zstd-compressed lake file (the raw landing)."""
+    import pyarrow as pa
+
+    with pa.input_stream(str(path), compression="zstd") as stream:
+        return stream.read()
+
+
 def read_table(warehouse: Path, table: str, order_by: str = "campaign_id, recipient") -> list[dict]:
     """Every row of a warehouse table as dicts, in a stable order."""
     con = duckdb.connect(str(warehouse), read_only=True)

@@ -3,7 +3,6 @@ concurrent runs and readers, bad input and bad configuration."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import json
 import os
@@ -29,7 +28,7 @@ from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
 from campaign_pipeline.simulator.data import ALL_FAULT_KINDS
 from campaign_pipeline.warehouse import Warehouse
-from tests.conftest import FIRST_DAY, SIM_NOW, table_fingerprint
+from tests.conftest import FIRST_DAY, SIM_NOW, decompress, table_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("campaign-pipeline")
@@ -44,8 +43,8 @@ FAULT_SEED = 7
 # for a loaded 2-core machine.
 STARTUP_SLACK_S = 60.0
 
-# Final names of the lake files (``responses.ndjson.gz`` / ``part-0.parquet``, or one per app: ``-<app key>``).
-RAW_FILE = re.compile(r"responses(-[A-Za-z0-9_.=-]+)?\.ndjson\.gz")
+# Final names of the lake files (``responses.ndjson.zst`` / ``part-0.parquet``, or one per app: ``-<app key>``).
+RAW_FILE = re.compile(r"responses(-[A-Za-z0-9_.=-]+)?\.ndjson\.zst")
 PARQUET_FILE = re.compile(r"part-[A-Za-z0-9_.=-]+\.parquet")
 WAREHOUSE_FILE = "warehouse.duckdb"
 DATA_DIR_FILES = {WAREHOUSE_FILE, f"{WAREHOUSE_FILE}.wal", f"{WAREHOUSE_FILE}.lock", ".campaign_source",
@@ -111,7 +110,7 @@ def hidden_temps(data_dir: Path) -> list[Path]:
 
 
 def _raw_lines(path: Path) -> list[bytes]:
-    return [line for line in gzip.decompress(path.read_bytes()).split(b"\n") if line]
+    return [line for line in decompress(path).split(b"\n") if line]
 
 
 def _file_digest(path: Path) -> str:

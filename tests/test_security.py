@@ -3,7 +3,6 @@ metadata, CAMPAIGN_PII_MODE=hash leaves no number in any file, TLS verification 
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
@@ -40,7 +39,7 @@ from campaign_pipeline.errors import (
     RetriesExhaustedError,
 )
 from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
-from tests.conftest import FIRST_DAY, SIM_NOW
+from tests.conftest import FIRST_DAY, SIM_NOW, decompress
 
 ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("campaign-pipeline")
@@ -129,8 +128,8 @@ def decoded_contents(path: Path) -> Iterator[bytes]:
     """The file's raw bytes, then its decoded content where it has a format we know."""
     raw = path.read_bytes()
     yield raw
-    if path.suffix == ".gz":
-        yield gzip.decompress(raw)
+    if path.suffix == ".zst":
+        yield decompress(path)
     elif path.suffix == ".parquet":
         yield repr(pq.read_table(path).to_pylist()).encode()
     elif path.suffix == ".duckdb":
@@ -436,8 +435,8 @@ def test_hash_mode_drops_sms_content_at_landing(hash_runs):
     for data_dir in hash_runs.dirs.values():
         assert _rows(data_dir, "SELECT count(*), count(content) FROM sms_messages")[0][0] > 0
         assert _rows(data_dir, "SELECT count(content) FROM sms_messages") == [(0,)]
-        for path in (data_dir / "lake" / "raw").rglob("*.gz"):
-            for line in gzip.decompress(path.read_bytes()).splitlines():
+        for path in (data_dir / "lake" / "raw").rglob("*.zst"):
+            for line in decompress(path).splitlines():
                 page = json.loads(line)
                 if page["endpoint"] == "detail":
                     assert not [r for r in page["result"] if "content" in r]

@@ -105,7 +105,7 @@ def test_lake_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
             raise RuntimeError("crash mid-landing")
     pages = list(lake.iter_raw_pages(DAY))
     assert [p.records for p in pages] == [[{"id": "old"}]]
-    assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "date=2024-05-01").iterdir()) == ["responses-default.ndjson.gz"]
+    assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "date=2024-05-01").iterdir()) == ["responses-default.ndjson.zst"]
 
 
 def test_warehouse_replace_partition_is_idempotent(tmp_path):

@@ -23,7 +23,7 @@ VIEWS_KEY = dg.AssetKey("delivery_rate_views")
 GROUP = "cinnox_campaigns"
 WRITER_POOL = "cinnox_api"
 RAW_DESCRIPTION = (
-    "One gzip NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
+    "One zstd-compressed NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
     "(the day's summary pages, then each campaign's detail pages), records kept verbatim (pseudonymized with "
     "CAMPAIGN_PII_MODE=hash) so a day can be re-split without calling the API."
 )

@@ -1,0 +1,81 @@
+"""The columnar fast path types clean pages exactly like the record-by-record path, and declines odd ones."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pyarrow as pa
+import pytest
+
+from campaign_pipeline import records, schemas, settings
+from campaign_pipeline.columnar import clean_page_batch
+from campaign_pipeline.simulator import CinnoxSimulator, SimulatorConfig, day_bounds_utc
+
+DAY = date(2024, 5, 2)
+
+
+def _pages(odd: bool):
+    sim = CinnoxSimulator(SimulatorConfig(seed=9, campaigns_per_day=6, recipients_per_campaign=120, odd_records=odd,
+                                          now=datetime(2024, 5, 20, tzinfo=UTC)))
+    for campaign in sim.summary_records(*day_bounds_utc(DAY)):
+        rows = sim.detail_records(campaign["id"])
+        for offset in range(0, len(rows), 50):
+            yield campaign["id"], campaign["channel"], rows[offset:offset + 50]
+
+
+def _slow_batch(page, history_id, channel):
+    spec = schemas.SMS_MESSAGES if channel == settings.CHANNEL_SMS else schemas.WHATSAPP_MESSAGES
+    fields = [f for f in spec.schema if f.name not in ("app_id", "partition_date")]
+    rows = [records.MESSAGE_PARSERS[channel](record, history_id) for record in page]
+    columns = list(zip(*rows, strict=True))
+    arrays = [pa.array(values, pa.int64() if pa.types.is_timestamp(f.type) else f.type).cast(f.type)
+              for f, values in zip(fields, columns, strict=True)]
+    return pa.RecordBatch.from_arrays(arrays, schema=pa.schema(fields))
+
+
+def test_clean_pages_take_the_fast_path_and_match_the_record_parser():
+    pages = list(_pages(odd=False))
+    assert pages
+    for history_id, channel, page in pages:
+        fast = clean_page_batch(page, history_id, channel)
+        assert fast is not None, "a clean page fell back to the slow path"
+        batch, unknown = fast
+        assert batch.equals(_slow_batch(page, history_id, channel))
+        assert unknown == set()
+
+
+def test_odd_pages_fall_back_unless_they_are_canonical():
+    declined = 0
+    for history_id, channel, page in _pages(odd=True):
+        fast = clean_page_batch(page, history_id, channel)
+        if fast is None:
+            declined += 1
+            continue
+        # Whatever the fast path accepts must type exactly as the record parser does.
+        assert fast[0].equals(_slow_batch(page, history_id, channel))
+    assert declined > 0
+
+
+@pytest.mark.parametrize(
+    ("change", "channel"),
+    [
+        ({"recipient": 85291234567}, settings.CHANNEL_SMS),
+        ({"recipient": "85291234567"}, settings.CHANNEL_SMS),
+        ({"numSMS": "2"}, settings.CHANNEL_SMS),
+        ({"status": "delivered"}, settings.CHANNEL_SMS),
+        ({"status": "Expired"}, settings.CHANNEL_SMS),
+        ({"carrierNetworkStatus": "queued"}, settings.CHANNEL_SMS),
+        ({"date": "2024-05-02T10:00:00"}, settings.CHANNEL_SMS),
+        ({"date": "2024-05-02 10:00:00Z"}, settings.CHANNEL_SMS),
+        ({"id": "another"}, settings.CHANNEL_SMS),
+        ({"status": "READ"}, settings.CHANNEL_WHATSAPP),
+    ],
+)
+def test_one_odd_record_sends_the_page_to_the_record_parser(change, channel):
+    record = {"id": "c1", "date": "2024-05-02T10:00:00.000Z", "sender": {"phone": "ACME"}, "recipient": "+85291234567",
+              "recipientCountry": "HK", "content": "hi", "numSMS": 1, "status": "Delivered",
+              "carrierNetworkStatus": "Delivered", "failedReason": "", "lastUpdatedDateTime": "2024-05-02T10:01:00Z"}
+    page = [dict(record, recipient=f"+8529123456{i}") for i in range(5)]
+    assert clean_page_batch(page, "c1", channel) is not None
+    page[3] = {**page[3], **change}
+    assert clean_page_batch(page, "c1", channel) is None
