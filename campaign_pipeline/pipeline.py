@@ -1,8 +1,10 @@
 """One partition's work, without Dagster: land the API pages, split them into tables, publish.
 
-    land_day      CINNOX API -> raw landing file (summary pages, then detail pages fetched in parallel)
-    split_day     raw landing file -> typed Arrow tables (no API calls: a day can be re-split)
-    publish_day   Arrow tables -> Parquet files (atomic) -> DuckDB (one transaction per day)
+    land_day               CINNOX API -> raw landing file (summary pages, then detail pages in parallel)
+    fetch_day              land_day, typing each page as it arrives (one streaming pass)
+    split_day              raw landing file -> typed Arrow tables (no API calls: a day can be re-split)
+    publish_and_check_day  Arrow tables -> Parquet files (atomic) -> DuckDB (one transaction per day),
+                           then the day's rates and checks
 
 Logs carry counts, partition keys and campaign ids only: never phone numbers, bodies or tokens.
 """
@@ -21,7 +23,7 @@ from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
-from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
+from campaign_pipeline.transform import DaySplitter, DayTables
 from campaign_pipeline.warehouse import Warehouse, ensure_views
 from campaign_pipeline.windows import PartitionWindow
 
@@ -152,24 +154,20 @@ def land_day(
     return result
 
 
-def ingest_day(
+def fetch_day(
     client: CinnoxClient,
     lake: Lake,
-    warehouse: Warehouse,
     app: AppRef,
     window: PartitionWindow,
     workers: int = 8,
     progress: ProgressCallback | None = None,
     hasher: RecipientHasher | None = None,
-    publish: bool = True,
-) -> tuple[LandingResult, DayTables, dict[str, int]]:
-    """Land, split and (unless ``publish`` is false) publish one day in a single streaming pass."""
+) -> tuple[LandingResult, DayTables]:
+    """Land one day and type it in the same streaming pass over the API pages."""
     splitter = DaySplitter(window, app.app_id)
     landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
                       splitter=splitter)
-    day_tables = splitter.finish()
-    inserted = publish_day(lake, warehouse, app, day_tables) if publish else {}
-    return landed, day_tables, inserted
+    return landed, splitter.finish()
 
 
 def split_day(lake: Lake, app: AppRef, window: PartitionWindow) -> DayTables:
@@ -187,33 +185,38 @@ def split_day(lake: Lake, app: AppRef, window: PartitionWindow) -> DayTables:
     return splitter.finish()
 
 
-def publish_day(lake: Lake, warehouse: Warehouse, app: AppRef, day_tables: DayTables) -> dict[str, int]:
-    """Write each table's day to Parquet (atomically), then replace the day in DuckDB in one
-    transaction. Re-publishing the same day leaves identical tables."""
-    for name, table in day_tables.tables.items():
-        lake.write_parquet(name, day_tables.day, table, app.key)
-    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id)
-    log.debug("published %s: %s", day_tables.day.isoformat(), inserted)
-    return inserted
+@dataclass
+class PublishedDay:
+    """A published day: rows inserted per table, the day's rates, and its check outcomes."""
+
+    inserted: dict[str, int]
+    rates: dict[str, dict[str, float | None]]
+    outcomes: list[quality.CheckOutcome]
 
 
-def check_day(
+def publish_and_check_day(
+    lake: Lake,
     warehouse: Warehouse,
     app: AppRef,
     window: PartitionWindow,
-    stats: SplitStats,
+    day_tables: DayTables,
     refetch_summary: Callable[[], list] | None = None,
     rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
-) -> list[quality.CheckOutcome]:
-    """Run every per-partition check on the published day (read-only)."""
-    with warehouse.reader() as con:
-        return quality.evaluate_day(con, window, app.app_id, stats, refetch_summary, rejected_threshold)
+) -> PublishedDay:
+    """Write each table's day to Parquet (atomically), replace the (app, day) in DuckDB in one
+    transaction, then compute the day's rates and run its checks on the same connection.
+    Re-publishing the same day leaves identical tables."""
+    for name, table in day_tables.tables.items():
+        lake.write_parquet(name, day_tables.day, table, app.key)
+    found: dict = {}
 
+    def inspect(con) -> None:
+        found["rates"] = reporting.partition_rates(con, window.day, app.app_id)
+        found["outcomes"] = quality.evaluate_day(con, window, app.app_id, day_tables.stats, refetch_summary,
+                                                 rejected_threshold)
 
-def partition_rates(warehouse: Warehouse, app: AppRef, window: PartitionWindow) -> dict[str, dict[str, float | None]]:
-    """The app's day: delivery, read and failure rates per message table (read-only)."""
-    with warehouse.reader() as con:
-        return reporting.partition_rates(con, window.day, app.app_id)
+    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id, after_commit=inspect)
+    return PublishedDay(inserted, found["rates"], found["outcomes"])
 
 
 def refresh_views(warehouse: Warehouse, preview_days: int = 7) -> tuple[list[str], str]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
@@ -73,9 +73,16 @@ class Warehouse:
         finally:
             con.close()
 
-    def replace_partition(self, day: date, tables: Mapping[str, pa.Table], app_id: str) -> dict[str, int]:
+    def replace_partition(
+        self,
+        day: date,
+        tables: Mapping[str, pa.Table],
+        app_id: str,
+        after_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+    ) -> dict[str, int]:
         """Replace (``app_id``, ``day``) in every given table, in one transaction. Returns rows
-        inserted per table."""
+        inserted per table. ``after_commit`` (e.g. the day's checks) runs on the same connection
+        once the day is committed, saving a second open of the file."""
         inserted: dict[str, int] = {}
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
@@ -94,6 +101,8 @@ class Warehouse:
             except BaseException:
                 con.execute("ROLLBACK")
                 raise
+            if after_commit is not None:
+                after_commit(con)
         return inserted
 
 

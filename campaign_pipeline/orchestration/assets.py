@@ -118,23 +118,23 @@ def build_app_assets(
         with cinnox.open_client() if fetch else contextlib.nullcontext() as client:
             for number, window in enumerate(windows, start=1):
                 if fetch:
-                    landed, day_tables, inserted = pipeline.ingest_day(
-                        client, lake, warehouse, app, window, workers=cinnox.fetch_workers,
-                        progress=context.log.debug, hasher=storage.recipient_hasher(), publish=load)
+                    landed, day_tables = pipeline.fetch_day(
+                        client, lake, app, window, workers=cinnox.fetch_workers, progress=context.log.debug,
+                        hasher=storage.recipient_hasher())
                     context.add_asset_metadata(landed.as_metadata(), asset_key=keys.raw, partition_key=window.key)
                 else:
                     day_tables = pipeline.split_day(lake, app, window)
-                    inserted = pipeline.publish_day(lake, warehouse, app, day_tables)
-                progress_log.info("day %d/%d done: %s%s %s", number, len(windows), window.key,
-                                  "" if app.key == "default" else f" [{app.key}]", inserted or "landed")
                 if not load:
+                    progress_log.info("day %d/%d landed: %s", number, len(windows), window.key)
                     continue
-                rates = pipeline.partition_rates(warehouse, app, window)
-                _add_table_metadata(context, table_keys, window, day_tables, inserted, rates)
-                outcomes = pipeline.check_day(warehouse, app, window, day_tables.stats,
-                                              refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
-                                              rejected_threshold=rejected_threshold)
-                for outcome in outcomes:
+                published = pipeline.publish_and_check_day(
+                    lake, warehouse, app, window, day_tables,
+                    refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
+                    rejected_threshold=rejected_threshold)
+                progress_log.info("day %d/%d done: %s%s %s", number, len(windows), window.key,
+                                  "" if app.key == "default" else f" [{app.key}]", published.inserted)
+                _add_table_metadata(context, table_keys, window, day_tables, published.inserted, published.rates)
+                for outcome in published.outcomes:
                     asset_key = table_keys[outcome.spec.table]
                     if dg.AssetCheckKey(asset_key, outcome.spec.name) in selected_checks:
                         yield check_evaluation(outcome, asset_key, window.key)
