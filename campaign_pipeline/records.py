@@ -177,11 +177,6 @@ def canonical_carrier_status(value: Any) -> str | None:
     return _CARRIER_VOCABULARY.get(text.lower(), text)
 
 
-def is_known_status(status: str | None, channel: str) -> bool:
-    """True if ``status`` is in the channel's documented vocabulary (or absent)."""
-    return status is None or status in _STATUS_VOCABULARY[channel].values()
-
-
 def sender_of(record: dict) -> dict:
     """The nested ``sender`` object, or an empty dict when absent or malformed."""
     sender = record.get("sender")

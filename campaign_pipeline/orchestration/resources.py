@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
 
 import dagster as dg
 
@@ -112,8 +111,3 @@ class CampaignStorageResource(dg.ConfigurableResource):
     def warehouse(self) -> Warehouse:
         """The DuckDB warehouse."""
         return Warehouse(f"{self.data_dir}/{settings.WAREHOUSE_FILENAME}")
-
-
-def utc_now() -> datetime:
-    """The current time, aware, in UTC."""
-    return datetime.now(UTC)
