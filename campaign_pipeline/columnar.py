@@ -21,8 +21,8 @@ _STATUSES = {
     settings.CHANNEL_WHATSAPP: pa.array(settings.WHATSAPP_STATUSES),
 }
 _CARRIER_STATUSES = pa.array(settings.SMS_CARRIER_STATUSES)
-_SMS_FIELDS = [f for f in schemas.SMS_MESSAGES_SCHEMA if f.name not in ("app_id", "partition_date")]
-_WHATSAPP_FIELDS = [f for f in schemas.WHATSAPP_MESSAGES_SCHEMA if f.name not in ("app_id", "partition_date")]
+_SMS_ROW_SCHEMA = schemas.row_schema(schemas.SMS_MESSAGES_SCHEMA)
+_WHATSAPP_ROW_SCHEMA = schemas.row_schema(schemas.WHATSAPP_MESSAGES_SCHEMA)
 
 
 class _NotClean(Exception):
@@ -111,7 +111,7 @@ def clean_page_batch(page_records: list, history_id: str, channel: str) -> tuple
                 _status([r.get("status") for r in page_records], _STATUSES[channel]),
                 carrier, updated,
             ]
-            fields = _SMS_FIELDS
+            row_schema = _SMS_ROW_SCHEMA
         else:
             columns = [
                 ids, recipients, sent_at, phones,
@@ -122,7 +122,7 @@ def clean_page_batch(page_records: list, history_id: str, channel: str) -> tuple
                 _optional_text([r.get("failedReason") for r in page_records]),
                 updated,
             ]
-            fields = _WHATSAPP_FIELDS
-        return pa.RecordBatch.from_arrays(columns, schema=pa.schema(fields)), unknown
+            row_schema = _WHATSAPP_ROW_SCHEMA
+        return pa.RecordBatch.from_arrays(columns, schema=row_schema), unknown
     except (_NotClean, pa.ArrowInvalid, pa.ArrowTypeError, AttributeError, TypeError):
         return None

@@ -131,6 +131,14 @@ TABLES: dict[str, TableSpec] = {
 }
 MESSAGE_TABLES = (SMS_MESSAGES, WHATSAPP_MESSAGES)
 
+PARTITION_COLUMNS = ("app_id", "partition_date")
+
+
+def row_schema(schema: pa.Schema) -> pa.Schema:
+    """The columns a parsed record supplies: the table schema without the per-partition constants."""
+    return pa.schema([field for field in schema if field.name not in PARTITION_COLUMNS])
+
+
 _DUCKDB_TYPES = {
     pa.string(): "VARCHAR",
     pa.date32(): "DATE",

@@ -72,8 +72,7 @@ class _ColumnBuffer:
 
     def __init__(self, schema: pa.Schema):
         self.schema = schema
-        self.columns_without_partition = [f.name for f in schema if f.name not in _CONSTANT_COLUMNS]
-        self.partial_schema = pa.schema([schema.field(n) for n in self.columns_without_partition])
+        self.partial_schema = schemas.row_schema(schema)
         self.rows: list[tuple] = []
         self.batches: list[pa.RecordBatch] = []
 
@@ -92,7 +91,7 @@ class _ColumnBuffer:
             return
         columns = list(zip(*self.rows, strict=True))
         self.rows = []
-        fields = [self.schema.field(name) for name in self.columns_without_partition]
+        fields = list(self.partial_schema)
         arrays = [pa.array(values, type=_storage_type(f.type)) for f, values in zip(fields, columns, strict=True)]
         arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, fields, strict=True)]
         self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.partial_schema))
@@ -102,9 +101,6 @@ class _ColumnBuffer:
         table = pa.Table.from_batches(self.batches, schema=self.partial_schema)
         self.batches = []
         return with_partition_columns(table, self.schema, app_id, day)
-
-
-_CONSTANT_COLUMNS = ("app_id", "partition_date")
 
 
 def with_partition_columns(table: pa.Table, schema: pa.Schema, app_id: str, day: date) -> pa.Table:
@@ -119,7 +115,7 @@ def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
     return pa.int64() if pa.types.is_timestamp(arrow_type) else arrow_type
 
 
-_CAMPAIGN_COLUMNS = [f.name for f in schemas.CAMPAIGNS_SCHEMA if f.name not in _CONSTANT_COLUMNS]
+_CAMPAIGN_COLUMNS = schemas.row_schema(schemas.CAMPAIGNS_SCHEMA).names
 
 
 class DaySplitter:

@@ -25,7 +25,7 @@ def _pages(odd: bool):
 
 def _slow_batch(page, history_id, channel):
     spec = schemas.SMS_MESSAGES if channel == settings.CHANNEL_SMS else schemas.WHATSAPP_MESSAGES
-    fields = [f for f in spec.schema if f.name not in ("app_id", "partition_date")]
+    fields = list(schemas.row_schema(spec.schema))
     rows = [records.MESSAGE_PARSERS[channel](record, history_id) for record in page]
     columns = list(zip(*rows, strict=True))
     arrays = [pa.array(values, pa.int64() if pa.types.is_timestamp(f.type) else f.type).cast(f.type)
