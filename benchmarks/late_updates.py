@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 from campaign_pipeline import pipeline
@@ -83,8 +83,8 @@ def main() -> None:
         "Measured by `benchmarks/late_updates.py` through `land_day` + `split_day`: each day is loaded at",
         "day end + N days (+5 min) and compared with its state 3 days after the day ended.",
         "",
-        "| loaded after day end | rows whose status still changes | SMS delivery rate | SMS in flight |"
-        " WhatsApp delivery rate | WhatsApp in flight | WhatsApp read rate |",
+        ("| loaded after day end | rows whose status still changes | SMS delivery rate | SMS in flight |"
+         " WhatsApp delivery rate | WhatsApp in flight | WhatsApp read rate |"),
         "|---|---|---|---|---|---|---|",
     ]
     for lag, share, mean in rows:
