@@ -30,9 +30,9 @@ def simulator() -> Iterator[SimulatorServer]:
     server.stop()
 
 
-def pipeline_env(monkeypatch: pytest.MonkeyPatch, server: SimulatorServer, data_dir: Path, **extra: str) -> None:
-    """Point the pipeline at ``server`` as if it were a real CINNOX app (CAMPAIGN_SOURCE=cinnox)."""
-    values = {
+def simulator_env(server: SimulatorServer, data_dir: Path, **extra: str) -> dict[str, str]:
+    """The pipeline settings that point it at ``server`` as if it were a real CINNOX app (CAMPAIGN_SOURCE=cinnox)."""
+    return {
         "CAMPAIGN_SOURCE": "cinnox",
         "CINNOX_BASE_URL": server.base_url,
         "CINNOX_APP_ID": server.app_id,
@@ -43,7 +43,11 @@ def pipeline_env(monkeypatch: pytest.MonkeyPatch, server: SimulatorServer, data_
         "CAMPAIGN_PARTITION_TZ": "UTC",
         **extra,
     }
-    for name, value in values.items():
+
+
+def pipeline_env(monkeypatch: pytest.MonkeyPatch, server: SimulatorServer, data_dir: Path, **extra: str) -> None:
+    """Set :func:`simulator_env` in this process (for in-process Dagster runs)."""
+    for name, value in simulator_env(server, data_dir, **extra).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("DAGSTER_HOME", raising=False)
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import FIRST_DAY, read_table
+from tests.conftest import read_table, simulator_env
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "campaign_pipeline.cli"]
@@ -27,16 +27,8 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
                           check=False)
 
 
-def sim_env(server, data_dir: Path, **extra) -> dict[str, str]:
-    return {
-        "CAMPAIGN_SOURCE": "cinnox", "CINNOX_BASE_URL": server.base_url, "CINNOX_APP_ID": server.app_id,
-        "CINNOX_APP_TOKEN": server.token, "CINNOX_RATE_LIMIT_PER_MIN": "60000",
-        "CAMPAIGN_DATA_DIR": str(data_dir), "CAMPAIGN_PARTITION_START": FIRST_DAY.isoformat(), **extra,
-    }
-
-
 def test_cli_backfill_runs_end_to_end(simulator, tmp_path):
-    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-03"], sim_env(simulator, tmp_path))
+    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-03"], simulator_env(simulator, tmp_path))
     assert result.returncode == 0, result.stderr
     assert "backfill done: 2 day(s)" in result.stderr
     assert "landed 2024-05-02" in result.stderr  # progress per day
@@ -62,7 +54,7 @@ def _tomorrow() -> str:
 )
 def test_cli_backfill_bad_input_fails_fast_with_one_line_and_exit_2(simulator, tmp_path, args, env_changes, message):
     data_dir = tmp_path / "data"
-    env = sim_env(simulator, data_dir)
+    env = simulator_env(simulator, data_dir)
     env.update(env_changes)
     args = [a.replace("<tomorrow>", _tomorrow()) for a in args]
     result = run_cli(["backfill", *args], env, timeout=60)
@@ -73,7 +65,7 @@ def test_cli_backfill_bad_input_fails_fast_with_one_line_and_exit_2(simulator, t
 
 
 def test_cli_bad_token_fails_with_auth_message(simulator, tmp_path):
-    env = sim_env(simulator, tmp_path, CINNOX_APP_TOKEN="wrong-token-123")
+    env = simulator_env(simulator, tmp_path, CINNOX_APP_TOKEN="wrong-token-123")
     result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-02"], env, timeout=120)
     assert result.returncode == 1
     assert "backfill failed" in result.stderr and "401" in result.stderr
@@ -82,7 +74,7 @@ def test_cli_bad_token_fails_with_auth_message(simulator, tmp_path):
 
 def test_simulated_data_never_lands_in_a_real_data_dir(simulator, tmp_path):
     (tmp_path / ".campaign_source").write_text("simulator\n")
-    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-02"], sim_env(simulator, tmp_path))
+    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-02"], simulator_env(simulator, tmp_path))
     assert result.returncode == 2 and "holds CAMPAIGN_SOURCE=simulator data" in result.stderr
 
 

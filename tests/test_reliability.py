@@ -28,7 +28,7 @@ from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
 from campaign_pipeline.simulator.data import ALL_FAULT_KINDS
 from campaign_pipeline.warehouse import Warehouse
-from tests.conftest import FIRST_DAY, SIM_NOW, decompress, table_fingerprint
+from tests.conftest import FIRST_DAY, SIM_NOW, decompress, simulator_env, table_fingerprint
 
 ROOT = Path(__file__).resolve().parents[1]
 _SCRIPT = Path(sys.executable).with_name("campaign-pipeline")
@@ -64,18 +64,7 @@ def clean_env() -> dict[str, str]:
 
 def cli_env(server: SimulatorServer, data_dir: Path, **extra: str) -> dict[str, str]:
     """Point a CLI subprocess at ``server`` as a real CINNOX app (CAMPAIGN_SOURCE=cinnox)."""
-    return {
-        **clean_env(),
-        "CAMPAIGN_SOURCE": "cinnox",
-        "CINNOX_BASE_URL": server.base_url,
-        "CINNOX_APP_ID": server.app_id,
-        "CINNOX_APP_TOKEN": server.token,
-        "CINNOX_RATE_LIMIT_PER_MIN": "60000",
-        "CAMPAIGN_DATA_DIR": str(data_dir),
-        "CAMPAIGN_PARTITION_START": FIRST_DAY.isoformat(),
-        "CAMPAIGN_PARTITION_TZ": "UTC",
-        **extra,
-    }
+    return {**clean_env(), **simulator_env(server, data_dir, **extra)}
 
 
 def _args(start: date | str, end: date | str) -> list[str]:
