@@ -112,7 +112,9 @@ def land_day(
             if splitter is not None:
                 splitter.add_summary_records(page.records)
         result.campaigns_listed = len(summary_records)
-        campaign_ids = campaigns_in_window(summary_records, window)
+        # The splitter has already typed the summary; reuse its in-window campaigns.
+        campaign_ids = (list(splitter.campaign_channels) if splitter is not None
+                        else campaigns_in_window(summary_records, window))
         del summary_records
         result.campaigns_in_window = len(campaign_ids)
         write_lock = threading.Lock()
