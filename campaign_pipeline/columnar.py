@@ -1,8 +1,17 @@
-"""The columnar fast path: one clean detail page typed with Arrow kernels instead of per record.
+"""The columnar fast path: a clean detail page typed with Arrow kernels instead of record by record.
+
+Two ways in, one typing function (:func:`typed_detail_batch`) over an Arrow struct array of the
+page's records:
+
+* :func:`decode_detail_body` decodes a detail response body straight to Arrow with Arrow's C++
+  JSON reader (which releases the GIL, so fetch threads decode pages in parallel). It declares the
+  known fields' JSON types, so a record whose field has another type makes the body decline.
+* :func:`clean_page_batch` takes already decoded records (a re-split of the landing file, or
+  pseudonymized pages) and converts them with ``pa.array``.
 
 A page qualifies only when every record is already in the canonical shape (string ids equal to
 the historyID, ``+``-prefixed E.164 recipients, RFC3339 timestamps with an offset, statuses in the
-channel's canonical casing, numeric ``numSMS``). Anything else returns ``None`` and the caller
+channel's canonical casing, integer ``numSMS``). Anything else returns ``None`` and the caller
 types the page record by record with :mod:`campaign_pipeline.records`, which also explains every
 rejection. Both paths produce identical rows; ``tests/test_columnar.py`` holds them to that.
 """
@@ -11,6 +20,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.json as pa_json
 
 from campaign_pipeline import records, schemas, settings
 
@@ -23,14 +33,73 @@ _STATUSES = {
 _CARRIER_STATUSES = pa.array(settings.SMS_CARRIER_STATUSES)
 _SMS_ROW_SCHEMA = schemas.row_schema(schemas.SMS_MESSAGES_SCHEMA)
 _WHATSAPP_ROW_SCHEMA = schemas.row_schema(schemas.WHATSAPP_MESSAGES_SCHEMA)
+_NULL_STRING = pa.scalar(None, pa.string())
+
+#: The JSON types of the known detail fields, as the fast path expects them: text everywhere
+#: except the integer ``numSMS`` and the ``sender`` object. Declared to Arrow's JSON reader, so a
+#: value of another JSON type fails the decode (and the page goes to the record parser) instead of
+#: being inferred into something else; fields not declared here are inferred and reported as unknown.
+SENDER_JSON_TYPE = pa.struct([(name, pa.string()) for name in sorted(records.SENDER_FIELDS)])
+DETAIL_RECORD_JSON_TYPE = pa.struct(
+    [
+        (name, pa.int64() if name == "numSMS" else SENDER_JSON_TYPE if name == "sender" else pa.string())
+        for name in sorted(records.DETAIL_FIELDS)
+    ]
+)
+_DETAIL_BODY_PARSE = pa_json.ParseOptions(
+    explicit_schema=pa.schema(
+        [(settings.ENVELOPE_CODE, pa.int64()), (settings.ENVELOPE_RESULT, pa.list_(DETAIL_RECORD_JSON_TYPE))]
+    ),
+    unexpected_field_behavior="infer",
+)
 
 
 class _NotClean(Exception):
     """The page is not in canonical shape; type it record by record."""
 
 
-def _strings(values: list) -> pa.Array:
-    array = pa.array(values)
+def decode_detail_body(body: bytes) -> pa.StructArray | None:
+    """The records of a detail response body ``{"code": 0, "result": [...]}`` as a struct array.
+
+    Decoded by Arrow's JSON reader without holding the GIL. Returns ``None`` (decode it with
+    orjson instead) unless the body is exactly one JSON object whose ``code`` is the integer 0 and
+    whose ``result`` is a list of objects with the known fields in their declared JSON types.
+    """
+    try:
+        table = pa_json.read_json(
+            pa.BufferReader(body),
+            read_options=pa_json.ReadOptions(use_threads=False, block_size=max(len(body) + 1, 1 << 16)),
+            parse_options=_DETAIL_BODY_PARSE,
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        return None
+    if table.num_rows != 1:
+        return None
+    code = table.column(settings.ENVELOPE_CODE)[0].as_py()
+    pages = table.column(settings.ENVELOPE_RESULT).combine_chunks()
+    if code != settings.CODE_OK or pages.null_count:
+        return None
+    page = pages.flatten()
+    return page if page.null_count == 0 else None
+
+
+def _column(page: pa.StructArray, name: str) -> pa.Array:
+    """The field ``name`` of every record (null where absent); ``sender.x`` reaches into ``sender``."""
+    path = name.split(".")
+    if path[0] not in page.type.names:
+        return pa.nulls(len(page), pa.string())
+    if len(path) == 2:
+        sender = page.field(path[0])
+        if pa.types.is_null(sender.type):
+            return pa.nulls(len(page), pa.string())
+        if not pa.types.is_struct(sender.type):
+            raise _NotClean
+        if path[1] not in sender.type.names:
+            return pa.nulls(len(page), pa.string())
+    return pc.struct_field(page, path)
+
+
+def _strings(array: pa.Array) -> pa.Array:
     if array.type == pa.null():
         return array.cast(pa.string())
     if array.type != pa.string():
@@ -38,91 +107,111 @@ def _strings(values: list) -> pa.Array:
     return array
 
 
-def _optional_text(values: list) -> pa.Array:
+def _optional_text(array: pa.Array) -> pa.Array:
     """Like :func:`records.text_or_none` over a column: trimmed, ``""`` and null become null."""
-    array = pc.utf8_trim_whitespace(_strings(values))
-    return pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
+    array = pc.utf8_trim_whitespace(_strings(array))
+    return pc.if_else(pc.equal(array, ""), _NULL_STRING, array)
 
 
 def _all(mask: pa.Array) -> bool:
     return mask.null_count == 0 and pc.all(mask).as_py() is not False
 
 
-def _timestamps(values: list, required: bool) -> pa.Array:
-    array = _strings(values)
+def _timestamps(array: pa.Array, required: bool) -> pa.Array:
+    array = _strings(array)
     if required and array.null_count:
         raise _NotClean
-    array = pc.if_else(pc.equal(array, ""), pa.scalar(None, pa.string()), array)
+    array = pc.if_else(pc.equal(array, ""), _NULL_STRING, array)
     present = array.drop_null()
     if len(present) and not _all(pc.match_substring_regex(present, _TIMESTAMP)):
         raise _NotClean
     return array.cast(schemas.TIMESTAMP_UTC)
 
 
-def _status(values: list, vocabulary: pa.Array) -> pa.Array:
-    array = _strings(values)
+def _status(array: pa.Array, vocabulary: pa.Array) -> pa.Array:
+    array = _strings(array)
     present = array.drop_null()
     if len(present) and not _all(pc.is_in(present, value_set=vocabulary)):
         raise _NotClean
     return array
 
 
-def clean_page_batch(page_records: list, history_id: str, channel: str) -> tuple[pa.RecordBatch, set[str]] | None:
-    """The page as a record batch (schema without ``app_id``/``partition_date``) and the names of
-    unknown fields, or ``None`` when the page needs the record-by-record path."""
+def _unknown_fields(page: pa.StructArray) -> set[str]:
+    unknown = {name for name in page.type.names if name not in records.DETAIL_FIELDS}
+    if "sender" in page.type.names and pa.types.is_struct(page.type.field("sender").type):
+        sender_type = page.type.field("sender").type
+        unknown |= {f"sender.{name}" for name in sender_type.names if name not in records.SENDER_FIELDS}
+    return unknown
+
+
+def typed_detail_batch(
+    page: pa.StructArray, history_id: str, channel: str
+) -> tuple[pa.RecordBatch, set[str]] | None:
+    """The page's records (a struct array) as a record batch of the channel's row schema (without
+    ``app_id``/``partition_date``) and the names of unknown fields, or ``None`` when the page needs
+    the record-by-record path."""
     try:
-        if not page_records or any(r.__class__ is not dict for r in page_records):
+        if not len(page) or page.null_count or not pa.types.is_struct(page.type):
             return None
-        if [r.get("id") for r in page_records].count(history_id) != len(page_records):
+        ids = _strings(_column(page, "id"))
+        if ids.null_count or not _all(pc.equal(ids, history_id)):
             return None
-        known = records.DETAIL_FIELDS
-        field_names = set().union(*page_records)
-        senders = [r.get("sender") or {} for r in page_records]
-        if any(s.__class__ is not dict for s in senders):
+        sender_type = page.type.field("sender").type if "sender" in page.type.names else pa.null()
+        if not (pa.types.is_struct(sender_type) or pa.types.is_null(sender_type)):
             return None
-        sender_names = set().union(*senders)
-        unknown = {name for name in field_names if name not in known}
-        unknown |= {f"sender.{name}" for name in sender_names if name not in records.SENDER_FIELDS}
-        recipients = _strings([r.get("recipient") for r in page_records])
+        recipients = _strings(_column(page, "recipient"))
         if recipients.null_count or not _all(pc.match_substring_regex(recipients, _RECIPIENT)):
             return None
-        sent_at = _timestamps([r.get("date") for r in page_records], required=True)
-        updated = _timestamps(
-            [r.get("lastUpdatedDateTime") or r.get("LastUpdatedDateTime") for r in page_records], required=False
-        )
-        ids = pa.array([history_id] * len(page_records), pa.string())
-        phones = _optional_text([s.get("phone") for s in senders])
+        sent_at = _timestamps(_column(page, "date"), required=True)
+        lower = _strings(_column(page, "lastUpdatedDateTime"))
+        upper = _strings(_column(page, "LastUpdatedDateTime"))
+        use_lower = pc.fill_null(pc.not_equal(lower, ""), False)
+        updated = _timestamps(pc.if_else(use_lower, lower, upper), required=False)
+        ids = pa.array([history_id] * len(page), pa.string())
+        phones = _optional_text(_column(page, "sender.phone"))
         if channel == settings.CHANNEL_SMS:
-            num_sms = pa.array([r.get("numSMS") for r in page_records])
-            if num_sms.type == pa.null():
-                num_sms = num_sms.cast(pa.int64())
+            num_sms = _column(page, "numSMS")
+            if num_sms.type == pa.null() or (num_sms.type == pa.string() and num_sms.null_count == len(num_sms)):
+                num_sms = pa.nulls(len(page), pa.int64())
             if num_sms.type != pa.int64() or (len(num_sms.drop_null()) and pc.min(num_sms).as_py() < 0):
                 return None
-            carrier = _optional_text([r.get("carrierNetworkStatus") for r in page_records])
+            carrier = _optional_text(_column(page, "carrierNetworkStatus"))
             present = carrier.drop_null()
             if len(present) and not _all(pc.is_in(present, value_set=_CARRIER_STATUSES)):
                 return None
             columns = [
                 ids, recipients, sent_at, phones,
-                _optional_text([s.get("senderEID") for s in senders]),
-                pc.utf8_upper(_optional_text([r.get("recipientCountry") for r in page_records])),
-                _optional_text([r.get("content") for r in page_records]),
+                _optional_text(_column(page, "sender.senderEID")),
+                pc.utf8_upper(_optional_text(_column(page, "recipientCountry"))),
+                _optional_text(_column(page, "content")),
                 num_sms.cast(pa.int32()),
-                _status([r.get("status") for r in page_records], _STATUSES[channel]),
+                _status(_column(page, "status"), _STATUSES[channel]),
                 carrier, updated,
-            ]
+            ]  # fmt: skip
             row_schema = _SMS_ROW_SCHEMA
         else:
             columns = [
                 ids, recipients, sent_at, phones,
-                _optional_text([s.get("channelName") for s in senders]),
-                _optional_text([s.get("sourceName") for s in senders]),
-                _optional_text([r.get("subject") for r in page_records]),
-                _status([r.get("status") for r in page_records], _STATUSES[channel]),
-                _optional_text([r.get("failedReason") for r in page_records]),
+                _optional_text(_column(page, "sender.channelName")),
+                _optional_text(_column(page, "sender.sourceName")),
+                _optional_text(_column(page, "subject")),
+                _status(_column(page, "status"), _STATUSES[channel]),
+                _optional_text(_column(page, "failedReason")),
                 updated,
-            ]
+            ]  # fmt: skip
             row_schema = _WHATSAPP_ROW_SCHEMA
-        return pa.RecordBatch.from_arrays(columns, schema=row_schema), unknown
-    except (_NotClean, pa.ArrowInvalid, pa.ArrowTypeError, AttributeError, TypeError):
+        return pa.RecordBatch.from_arrays(columns, schema=row_schema), _unknown_fields(page)
+    except (_NotClean, pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
+
+
+def clean_page_batch(page_records: list, history_id: str, channel: str) -> tuple[pa.RecordBatch, set[str]] | None:
+    """:func:`typed_detail_batch` over already decoded records (``None`` when they are not a list
+    of objects Arrow can type column by column)."""
+    if not page_records or any(r.__class__ is not dict for r in page_records):
+        return None
+    try:
+        page = pa.array(page_records)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
+        return None
+    return typed_detail_batch(page, history_id, channel)

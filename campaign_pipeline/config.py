@@ -7,7 +7,7 @@ Environment (see ``.env.example``)::
     CINNOX_APP_ID             the app's id                       (required for cinnox)
     CINNOX_APP_TOKEN          the app's token, a secret          (required for cinnox)
     CINNOX_CA_BUNDLE          optional CA bundle path for a TLS-intercepting proxy
-    CINNOX_RATE_LIMIT_PER_MIN client-side request budget, default 450 (documented limit 500)
+    CINNOX_RATE_LIMIT_PER_MIN client-side request budget, default 480 (documented limit 500)
     CAMPAIGN_DATA_DIR         default ./data (./data/simulator for the simulator); lake under lake/,
                               warehouse at warehouse.duckdb
     CAMPAIGN_LAKE_URI         optional: the lake elsewhere, a local path or s3://bucket/prefix (default

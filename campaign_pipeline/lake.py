@@ -149,11 +149,17 @@ class Lake:
         with self.fs.open_input_stream(self.raw_path(day, app_key), compression=RAW_CODEC) as stream:
             for line in _lines(stream):
                 item = orjson.loads(line)
-                yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), item["result"])
+                page_records = item["response"][settings.ENVELOPE_RESULT] if "response" in item else item["result"]
+                yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), page_records)
 
 
 class RawWriter:
-    """Appends API response pages to a raw landing file, one JSON line each."""
+    """Appends API response pages to a raw landing file, one JSON line each.
+
+    A line is ``{"endpoint", "history_id", "offset", "result": [records]}`` (:meth:`write_page`), or
+    ``{"endpoint", "history_id", "offset", "response": {...}}`` with the response body spliced in
+    byte for byte (:meth:`write_response`), which saves re-encoding every page.
+    """
 
     def __init__(self, stream: pa.NativeFile):
         self._stream = stream
@@ -168,6 +174,18 @@ class RawWriter:
         self._stream.write(line + b"\n")
         self.pages += 1
         self.records += len(page_records)
+        crash_point("landing_page")
+
+    def write_response(self, endpoint: str, history_id: str | None, offset: int, body: bytes, row_count: int) -> None:
+        """Append one page as its verbatim response body (a JSON object whose ``result`` holds
+        ``row_count`` records). A body spread over several lines is re-encoded onto one."""
+        if b"\n" in body:
+            self.write_page(endpoint, history_id, offset, orjson.loads(body)[settings.ENVELOPE_RESULT])
+            return
+        header = orjson.dumps({"endpoint": endpoint, "history_id": history_id, "offset": offset})
+        self._stream.write(b"".join((header[:-1], b',"response":', body, b"}\n")))
+        self.pages += 1
+        self.records += row_count
         crash_point("landing_page")
 
 

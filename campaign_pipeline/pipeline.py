@@ -5,6 +5,7 @@
     split_day              raw landing file -> typed Arrow tables (no API calls: a day can be re-split)
     publish_and_check_day  Arrow tables -> Parquet files (atomic) -> DuckDB (one transaction per day),
                            then the day's rates and checks
+    process_days           a run's days in order: day N is published while day N+1 is fetched
 
 Logs carry counts, partition keys and campaign ids only: never phone numbers, bodies or tokens.
 """
@@ -14,16 +15,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 
-from campaign_pipeline import quality, records, reporting
+from campaign_pipeline import columnar, quality, records, reporting
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
-from campaign_pipeline.transform import DaySplitter, DayTables
+from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
 from campaign_pipeline.warehouse import Warehouse, ensure_views
 from campaign_pipeline.windows import PartitionWindow
 
@@ -120,14 +121,28 @@ def land_day(
         write_lock = threading.Lock()
         done = 0
 
+        # Without pseudonymization, detail bodies are decoded straight to Arrow in the fetch
+        # threads (no GIL held) and landed byte for byte; only pages that are not clean are
+        # decoded to dicts. Typing happens outside the lock; the lock orders file and tables.
+        decode = columnar.decode_detail_body if hasher is None else None
+
         def fetch_campaign(history_id: str) -> None:
             nonlocal done
-            for page in client.iter_detail_pages(history_id):
+            for page in client.iter_detail_pages(history_id, decode=decode):
+                if page.decoded is not None:
+                    typed = (splitter.type_detail_page(history_id, page.decoded, lambda p=page: p.records)
+                             if splitter is not None else None)
+                    with write_lock:
+                        writer.write_response("detail", history_id, page.offset, page.body, page.row_count)
+                        if typed is not None:
+                            splitter.add_typed_detail_page(typed)
+                    continue
                 page_records = hasher.redact_page(page.records) if hasher is not None else page.records
+                typed = splitter.type_detail_page(history_id, page_records) if splitter is not None else None
                 with write_lock:
                     writer.write_page("detail", history_id, page.offset, page_records)
-                    if splitter is not None:
-                        splitter.add_detail_records(history_id, page_records)
+                    if typed is not None:
+                        splitter.add_typed_detail_page(typed)
             with write_lock:
                 done += 1
                 if progress is not None:
@@ -219,6 +234,82 @@ def publish_and_check_day(
 
     inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id, after_commit=inspect)
     return PublishedDay(inserted, found["rates"], found["outcomes"])
+
+
+@dataclass
+class DayOutcome:
+    """One day of a run: what was landed (``None`` on a re-split), the split's stats, and the
+    published day (``None`` when the tables were not selected)."""
+
+    window: PartitionWindow
+    landed: LandingResult | None
+    stats: SplitStats
+    row_counts: dict[str, int]
+    published: PublishedDay | None
+
+
+def process_days(
+    windows: list[PartitionWindow],
+    lake: Lake,
+    warehouse: Warehouse,
+    app: AppRef,
+    client: CinnoxClient | None,
+    *,
+    load: bool = True,
+    workers: int = 8,
+    hasher: RecipientHasher | None = None,
+    refetch_summary: Callable[[PartitionWindow], list] | None = None,
+    rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
+    progress: ProgressCallback | None = None,
+) -> Iterator[DayOutcome]:
+    """Land (with a ``client``) or re-split (without one) each day, then publish it; yield each
+    day's outcome in order, once it is published.
+
+    Day N is published in a background thread while day N+1 is fetched, so Parquet, DuckDB and
+    the checks stay off the fetch's critical path; at most one day waits to be published. Each
+    day's publish is atomic on its own, so a failure leaves every earlier day complete: the
+    outcome of a day already being published is still yielded before the failure is raised.
+    """
+
+    def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple[DayTables, PublishedDay]:
+        day_tables = split()
+        refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
+        return day_tables, publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold)
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as publisher:
+        pending: tuple[PartitionWindow, LandingResult | None, Future] | None = None
+        for window in windows:
+            try:
+                if client is not None:
+                    splitter = DaySplitter(window, app.app_id)
+                    landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
+                                      splitter=splitter)
+                    split = splitter.finish  # de-duplicating and sorting the day runs in the publisher too
+                else:
+                    resplit = split_day(lake, app, window)
+                    landed, split = None, lambda tables=resplit: tables
+                    del resplit
+            except BaseException:
+                if pending is not None:
+                    yield _published(pending)
+                raise
+            if pending is not None:
+                yield _published(pending)
+                pending = None
+            if not load:
+                day_tables = split()
+                yield DayOutcome(window, landed, day_tables.stats, day_tables.row_counts, None)
+                continue
+            pending = (window, landed, publisher.submit(split_and_publish, window, split))
+            del split
+        if pending is not None:
+            yield _published(pending)
+
+
+def _published(pending: tuple) -> DayOutcome:
+    window, landed, future = pending
+    day_tables, published = future.result()
+    return DayOutcome(window, landed, day_tables.stats, day_tables.row_counts, published)
 
 
 def refresh_views(warehouse: Warehouse, preview_days: int = 7) -> tuple[list[str], str]:

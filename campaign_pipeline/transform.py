@@ -10,6 +10,7 @@ tables sorted deterministically so a re-run produces identical files.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date
 
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from campaign_pipeline import records, schemas, settings
-from campaign_pipeline.columnar import clean_page_batch
+from campaign_pipeline.columnar import clean_page_batch, typed_detail_batch
 from campaign_pipeline.windows import PartitionWindow
 
 _BATCH_ROWS = 20_000
@@ -65,6 +66,21 @@ class DayTables:
     def row_counts(self) -> dict[str, int]:
         """Rows per table."""
         return {name: table.num_rows for name, table in self.tables.items()}
+
+
+@dataclass
+class TypedDetailPage:
+    """One detail page typed by :meth:`DaySplitter.type_detail_page`: a record batch for a clean
+    page, else row tuples plus (record, reason) rejections. ``channel`` is ``None`` when the page's
+    campaign is not in the window's summary."""
+
+    history_id: str
+    channel: str | None
+    row_count: int
+    batch: pa.RecordBatch | None = None
+    rows: list[tuple] = field(default_factory=list)
+    rejected: list[tuple] = field(default_factory=list)
+    unknown_fields: set[str] = field(default_factory=set)
 
 
 class _ColumnBuffer:
@@ -160,32 +176,58 @@ class DaySplitter:
 
     def add_detail_records(self, history_id: str, page_records: list) -> None:
         """Type the detail records of campaign ``history_id`` into its channel's table."""
+        self.add_typed_detail_page(self.type_detail_page(history_id, page_records))
+
+    def type_detail_page(
+        self, history_id: str, page: list | pa.StructArray, load_records: Callable[[], list] | None = None
+    ) -> TypedDetailPage:
+        """Type one detail page without changing the splitter, so fetch threads can call it
+        concurrently once the summary is in; hand the result to :meth:`add_typed_detail_page`.
+
+        ``page`` is the decoded records, or the page as an Arrow struct array
+        (:func:`columnar.decode_detail_body`) plus ``load_records`` to decode them as dicts when
+        the page is not clean enough for the columnar path.
+        """
         channel = self._campaign_channels.get(history_id)
         if channel is None:
-            self.stats.details_for_unknown_campaigns += len(page_records)
-            return
-        buffer = self._messages[channel]
-        self.stats.detail_records += len(page_records)
-        fast = clean_page_batch(page_records, history_id, channel)
+            return TypedDetailPage(history_id, None, len(page))
+        if isinstance(page, list):
+            fast = clean_page_batch(page, history_id, channel)
+        else:
+            fast = typed_detail_batch(page, history_id, channel)
         if fast is not None:
-            batch, unknown = fast
-            buffer.append_batch(batch)
-            self.stats.unknown_fields.update(unknown)
-            return
+            return TypedDetailPage(history_id, channel, len(page), batch=fast[0], unknown_fields=fast[1])
+        page_records = page if isinstance(page, list) else load_records()
+        typed = TypedDetailPage(history_id, channel, len(page_records), rows=[], rejected=[])
         parse = records.MESSAGE_PARSERS[channel]
-        unknown_fields = self.stats.unknown_fields
         known = records.DETAIL_FIELDS
         for record in page_records:
             try:
-                row = parse(record, history_id)
+                typed.rows.append(parse(record, history_id))
             except records.RecordRejected as rejected:
-                self._reject("detail", record, rejected.reason, channel, history_id)
+                typed.rejected.append((record, rejected.reason))
                 continue
             if not known.issuperset(record) or "sender" in record and not records.SENDER_FIELDS.issuperset(
                 records.sender_of(record)
             ):
-                unknown_fields.update(records.unknown_fields(record, known))
+                typed.unknown_fields.update(records.unknown_fields(record, known))
+        return typed
+
+    def add_typed_detail_page(self, typed: TypedDetailPage) -> None:
+        """Add a page typed by :meth:`type_detail_page` to the day's tables (not thread-safe)."""
+        if typed.channel is None:
+            self.stats.details_for_unknown_campaigns += typed.row_count
+            return
+        buffer = self._messages[typed.channel]
+        self.stats.detail_records += typed.row_count
+        self.stats.unknown_fields.update(typed.unknown_fields)
+        if typed.batch is not None:
+            buffer.append_batch(typed.batch)
+            return
+        for row in typed.rows:
             buffer.append(row)
+        for record, reason in typed.rejected:
+            self._reject("detail", record, reason, typed.channel, typed.history_id)
 
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1

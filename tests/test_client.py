@@ -542,8 +542,8 @@ def test_client_accepts_base_url_with_port_and_prefix_and_sends_headers():
 
 def test_client_worst_case_retry_seconds_with_defaults():
     client = CinnoxClient("https://api.example.com", "app", TOKEN)
-    # 6 attempts x (5 s connect + 30 s read) + 5 sleeps x 30 s + 6 limiter slots of 60/450 s
-    assert client.worst_case_retry_seconds() == pytest.approx(6 * 35 + 5 * 30 + 6 * 60 / 450)
+    # 6 attempts x (5 s connect + 30 s read) + 5 sleeps x 30 s + 6 limiter slots of 60/480 s
+    assert client.worst_case_retry_seconds() == pytest.approx(6 * 35 + 5 * 30 + 6 * 60 / 480)
     client.close()
 
 

@@ -8,7 +8,9 @@ import pyarrow as pa
 import pytest
 
 from campaign_pipeline import records, schemas, settings
-from campaign_pipeline.columnar import clean_page_batch
+import orjson
+
+from campaign_pipeline.columnar import clean_page_batch, decode_detail_body, typed_detail_batch
 from campaign_pipeline.simulator import CinnoxSimulator, SimulatorConfig, day_bounds_utc
 
 DAY = date(2024, 5, 2)
@@ -79,3 +81,63 @@ def test_one_odd_record_sends_the_page_to_the_record_parser(change, channel):
     assert clean_page_batch(page, "c1", channel) is not None
     page[3] = {**page[3], **change}
     assert clean_page_batch(page, "c1", channel) is None
+
+
+def _body(page: list, **envelope) -> bytes:
+    return orjson.dumps({"code": 0, **envelope, "result": page})
+
+
+def test_response_bodies_decoded_by_arrow_type_exactly_like_the_record_parser():
+    pages = list(_pages(odd=False))
+    for history_id, channel, page in pages:
+        decoded = decode_detail_body(_body(page))
+        assert decoded is not None and len(decoded) == len(page)
+        fast = typed_detail_batch(decoded, history_id, channel)
+        assert fast is not None, "a clean body fell back to the slow path"
+        assert fast[0].equals(_slow_batch(page, history_id, channel))
+        assert fast[1] == set()
+
+
+def test_odd_bodies_decline_or_type_exactly_like_the_record_parser():
+    declined = typed = 0
+    for history_id, channel, page in _pages(odd=True):
+        decoded = decode_detail_body(_body(page))
+        fast = typed_detail_batch(decoded, history_id, channel) if decoded is not None else None
+        if fast is None:
+            declined += 1
+            continue
+        typed += 1
+        assert fast[0].equals(_slow_batch(page, history_id, channel))
+    assert declined > 0 and typed > 0
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code":6451010,"result":[]}',  # throttled: the JSON classifier must see it
+        b'{"code":"0","result":[]}',
+        b'{"result":[{"id":"c1"}]}',  # no code
+        b'{"code":0,"result":null}',
+        b'{"code":0,"result":[{"id":"c1"},5]}',
+        b'{"code":0,"result":[{"id":"c1"},null]}',
+        b'{"code":0,"result":[{"id":"c1","numSMS":"2"}]}',  # a known field in another JSON type
+        b'{"code":0,"result":[{"id":"c1","sender":"ACME"}]}',
+        b'{"code":0,"result":[]}{"code":0,"result":[]}',
+        b'{"code":0,"result":[]',  # truncated
+        b"[]",
+        b"",
+    ],
+)
+def test_bodies_arrow_cannot_take_are_left_to_the_json_decoder(body):
+    assert decode_detail_body(body) is None
+
+
+def test_unknown_fields_are_reported_from_both_decoders():
+    record = {"id": "c1", "date": "2024-05-02T10:00:00.000Z", "sender": {"phone": "ACME", "tier": 2},
+              "recipient": "+85291234567", "subject": "s", "status": "Read", "failedReason": "", "extra": [1]}
+    expected = {"extra", "sender.tier"}
+    from_arrow = typed_detail_batch(decode_detail_body(_body([record])), "c1", settings.CHANNEL_WHATSAPP)
+    from_dicts = clean_page_batch([record], "c1", settings.CHANNEL_WHATSAPP)
+    assert from_arrow is not None and from_dicts is not None
+    assert from_arrow[1] == from_dicts[1] == expected
+    assert from_arrow[0].equals(from_dicts[0])

@@ -149,7 +149,8 @@ def assert_readers_see_only_complete_files(data_dir: Path, allow_hidden_temps: b
             assert RAW_FILE.fullmatch(rel.name), f"unexpected file {rel}"
             for line in _raw_lines(path):  # a truncated gzip stream or JSON line raises here
                 page = json.loads(line)
-                assert page["endpoint"] in ("summary", "detail") and isinstance(page["result"], list)
+                records = page["response"]["result"] if "response" in page else page["result"]
+                assert page["endpoint"] in ("summary", "detail") and isinstance(records, list)
         else:
             assert PARQUET_FILE.fullmatch(rel.name), f"unexpected file {rel}"
     for table in schemas.TABLES:

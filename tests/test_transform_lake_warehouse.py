@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import date
 
+import orjson
 import pyarrow as pa
 import pytest
 
@@ -106,6 +107,23 @@ def test_lake_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
     pages = list(lake.iter_raw_pages(DAY))
     assert [p.records for p in pages] == [[{"id": "old"}]]
     assert sorted(p.name for p in (tmp_path / "lake" / "raw" / "date=2024-05-01").iterdir()) == ["responses-default.ndjson.zst"]
+
+
+def test_landed_response_bodies_read_back_as_their_records(tmp_path):
+    lake = Lake(str(tmp_path / "lake"))
+    first = [detail("c", "+85291234567", "2024-05-01T10:05:00Z"), detail("c", "+85291234568", "")]
+    second = [detail("c", "+85291234569", "2024-05-01T10:06:00Z")]
+    pretty = orjson.dumps({"code": 0, "result": second}, option=orjson.OPT_INDENT_2)
+    assert b"\n" in pretty
+    with lake.raw_writer(DAY) as writer:
+        writer.write_page("summary", None, 0, [summary("c", "2024-05-01T10:00:00Z")])
+        writer.write_response("detail", "c", 0, orjson.dumps({"code": 0, "message": "ok", "result": first}), 2)
+        writer.write_response("detail", "c", 2, pretty, 1)  # spread over lines: re-encoded onto one
+    assert (writer.pages, writer.records) == (3, 4)
+    pages = list(lake.iter_raw_pages(DAY))
+    assert [(p.endpoint, p.history_id, p.offset) for p in pages] == [("summary", None, 0), ("detail", "c", 0),
+                                                                    ("detail", "c", 2)]
+    assert [p.records for p in pages[1:]] == [first, second]
 
 
 def test_warehouse_replace_partition_is_idempotent(tmp_path):

@@ -24,8 +24,8 @@ GROUP = "cinnox_campaigns"
 WRITER_POOL = "cinnox_api"
 RAW_DESCRIPTION = (
     "One zstd-compressed NDJSON file per day under lake/raw/date=YYYY-MM-DD/: one line per CINNOX API response page "
-    "(the day's summary pages, then each campaign's detail pages), records kept verbatim (pseudonymized with "
-    "CAMPAIGN_PII_MODE=hash) so a day can be re-split without calling the API."
+    "(the day's summary pages, then each campaign's detail pages), bodies kept verbatim (records pseudonymized "
+    "with CAMPAIGN_PII_MODE=hash) so a day can be re-split without calling the API."
 )
 
 
@@ -116,24 +116,22 @@ def build_app_assets(
         lake, warehouse, app = storage.lake(), storage.warehouse(), cinnox.app_ref()
         windows = windows_of(context, tz_name)
         with cinnox.open_client() if fetch else contextlib.nullcontext() as client:
-            for number, window in enumerate(windows, start=1):
-                if fetch:
-                    landed, day_tables = pipeline.fetch_day(
-                        client, lake, app, window, workers=cinnox.fetch_workers, progress=context.log.debug,
-                        hasher=storage.recipient_hasher())
-                    context.add_asset_metadata(landed.as_metadata(), asset_key=keys.raw, partition_key=window.key)
-                else:
-                    day_tables = pipeline.split_day(lake, app, window)
-                if not load:
+            days = pipeline.process_days(
+                windows, lake, warehouse, app, client, load=load, workers=cinnox.fetch_workers,
+                hasher=storage.recipient_hasher() if fetch else None,
+                refetch_summary=lambda window: _refetch_summary(cinnox, client, window),
+                rejected_threshold=rejected_threshold, progress=context.log.debug)
+            for number, day in enumerate(days, start=1):
+                window = day.window
+                if day.landed is not None:
+                    context.add_asset_metadata(day.landed.as_metadata(), asset_key=keys.raw, partition_key=window.key)
+                if day.published is None:
                     progress_log.info("day %d/%d landed: %s", number, len(windows), window.key)
                     continue
-                published = pipeline.publish_and_check_day(
-                    lake, warehouse, app, window, day_tables,
-                    refetch_summary=lambda w=window: _refetch_summary(cinnox, w),
-                    rejected_threshold=rejected_threshold)
+                published = day.published
                 progress_log.info("day %d/%d done: %s%s %s", number, len(windows), window.key,
                                   "" if app.key == "default" else f" [{app.key}]", published.inserted)
-                _add_table_metadata(context, table_keys, window, day_tables, published.inserted, published.rates)
+                _add_table_metadata(context, table_keys, window, day.stats, published.inserted, published.rates)
                 for outcome in published.outcomes:
                     asset_key = table_keys[outcome.spec.table]
                     if dg.AssetCheckKey(asset_key, outcome.spec.name) in selected_checks:
@@ -187,8 +185,8 @@ def build_assets(
     return assets
 
 
-def _add_table_metadata(context, table_keys, window: PartitionWindow, day_tables, inserted, rates) -> None:
-    stats = day_tables.stats.as_metadata()
+def _add_table_metadata(context, table_keys, window: PartitionWindow, split_stats, inserted, rates) -> None:
+    stats = split_stats.as_metadata()
     for name, key in table_keys.items():
         metadata: dict = {"dagster/row_count": inserted[name]}
         for rate, value in rates.get(name, {}).items():
@@ -201,7 +199,10 @@ def _add_table_metadata(context, table_keys, window: PartitionWindow, day_tables
         context.add_asset_metadata(metadata, asset_key=key, partition_key=window.key)
 
 
-def _refetch_summary(cinnox: CinnoxResource, window: PartitionWindow) -> list:
-    with cinnox.open_client() as client:
-        return [record for page in client.iter_summary_pages(window.start_utc, window.end_utc)
-                for record in page.records]
+def _refetch_summary(cinnox: CinnoxResource, client, window: PartitionWindow) -> list:
+    """The window's summary records again, through the run's client (its rate limiter included)
+    when the run fetches, else through a client opened for the purpose."""
+    if client is None:
+        with cinnox.open_client() as own_client:
+            return _refetch_summary(cinnox, own_client, window)
+    return [record for page in client.iter_summary_pages(window.start_utc, window.end_utc) for record in page.records]
