@@ -31,6 +31,8 @@ from campaign_pipeline.windows import PartitionWindow
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str], None]
+#: Detail pages of one campaign typed together (fewer Arrow calls) while bounding the bodies held.
+TYPING_BATCH_PAGES = 8
 
 
 @dataclass(frozen=True)
@@ -123,26 +125,36 @@ def land_day(
 
         # Without pseudonymization, detail bodies are decoded straight to Arrow in the fetch
         # threads (no GIL held) and landed byte for byte; only pages that are not clean are
-        # decoded to dicts. Typing happens outside the lock; the lock orders file and tables.
+        # decoded to dicts. A campaign's pages are typed together once it is fetched, outside
+        # the lock; the lock orders the landing file and the day's tables.
         decode = columnar.decode_detail_body if hasher is None else None
+
+        def add_pages(history_id: str, pages: list) -> None:
+            typed = splitter.type_detail_pages(
+                history_id, [page if isinstance(page, list) else page.decoded for page in pages],
+                lambda index: pages[index].records)
+            with write_lock:
+                for typed_page in typed:
+                    splitter.add_typed_detail_page(typed_page)
 
         def fetch_campaign(history_id: str) -> None:
             nonlocal done
+            pages: list = []  # at most TYPING_BATCH_PAGES, bodies kept until typed
             for page in client.iter_detail_pages(history_id, decode=decode):
                 if page.decoded is not None:
-                    typed = (splitter.type_detail_page(history_id, page.decoded, lambda p=page: p.records)
-                             if splitter is not None else None)
                     with write_lock:
                         writer.write_response("detail", history_id, page.offset, page.body, page.row_count)
-                        if typed is not None:
-                            splitter.add_typed_detail_page(typed)
-                    continue
-                page_records = hasher.redact_page(page.records) if hasher is not None else page.records
-                typed = splitter.type_detail_page(history_id, page_records) if splitter is not None else None
-                with write_lock:
-                    writer.write_page("detail", history_id, page.offset, page_records)
-                    if typed is not None:
-                        splitter.add_typed_detail_page(typed)
+                    pages.append(page)
+                else:
+                    page_records = hasher.redact_page(page.records) if hasher is not None else page.records
+                    with write_lock:
+                        writer.write_page("detail", history_id, page.offset, page_records)
+                    pages.append(page_records)
+                if splitter is not None and len(pages) >= TYPING_BATCH_PAGES:
+                    add_pages(history_id, pages)
+                    pages = []
+            if splitter is not None and pages:
+                add_pages(history_id, pages)
             with write_lock:
                 done += 1
                 if progress is not None:
