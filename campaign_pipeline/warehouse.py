@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -33,13 +34,13 @@ _META_TABLE = "_campaign_pipeline_meta"
 # A day's load is small; cap DuckDB's buffer pool so a backfill's memory stays flat (it spills to
 # disk beyond this) and use few threads on small machines.
 _WRITER_SETTINGS = {"memory_limit": "256MB", "threads": "2"}
-# DuckDB stores a table in row groups of 122,880 rows. A load whose largest table fills at least
-# half of one gets its own row groups at commit anyway, so the checkpoint skips the vacuum (which
-# re-packs neighbouring row groups: the previous day's tail plus this day, rewritten and
-# re-compressed on every load -- about half the cost of publishing a 10x day, and it also left
-# freed blocks behind in the file). Day-aligned row groups also make a later re-load's DELETE drop
-# whole row groups. Smaller days, and any load whose DELETE removed rows, keep the vacuum, so small
-# daily loads stay packed and deleted rows are reclaimed as before.
+# DuckDB stores a table in row groups of 122,880 rows, and a load's rows go to new row groups at
+# commit. When a load's largest table fills at least half of one, the checkpoint skips the vacuum,
+# which re-packs neighbouring row groups: the previous day's tail plus this day, rewritten and
+# re-compressed on every load (about half the cost of publishing a large day, and it left freed
+# blocks behind in the file). Day-aligned row groups also let a re-load's DELETE drop whole row
+# groups instead of leaving deleted rows inside shared ones. Smaller loads keep the vacuum, so a
+# small daily load does not leave one tiny row group per day and table.
 _NO_VACUUM_MIN_ROWS = 122_880 // 2
 
 
@@ -63,12 +64,29 @@ class Warehouse:
         """An exclusive read-write connection, held only for the duration of the block."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
+            self._create_if_missing()
             con = _connect_with_retry(str(self.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
             try:
                 prepare(con)
                 yield con
             finally:
                 con.close()
+
+    def _create_if_missing(self) -> None:
+        """Build a new warehouse under a hidden temporary name and rename it into place, so a
+        process killed while creating it never leaves a file without its tables (caller holds the lock)."""
+        if self.path.exists():
+            return
+        prefix = f".{self.path.name}.tmp-"
+        for stale in self.path.parent.glob(prefix + "*"):  # left by a creation that was killed
+            stale.unlink(missing_ok=True)
+        temp = self.path.with_name(f"{prefix}{os.getpid()}")
+        con = duckdb.connect(str(temp))
+        try:
+            prepare(con)
+        finally:
+            con.close()  # checkpoints: everything is in the file, no WAL left
+        os.replace(temp, self.path)
 
     @contextmanager
     def reader(self, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
@@ -92,7 +110,6 @@ class Warehouse:
         inserted per table. ``after_commit`` (e.g. the day's checks) runs on the same connection
         once the day is committed, saving a second open of the file."""
         inserted: dict[str, int] = {}
-        deleted = 0
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
             try:
@@ -100,15 +117,13 @@ class Warehouse:
                     spec = schemas.TABLES[name]
                     if table.schema != spec.schema:
                         table = table.cast(spec.schema)
-                    deleted += con.execute(
-                        f'DELETE FROM "{spec.name}" WHERE partition_date = ? AND app_id = ?', [day, app_id]
-                    ).fetchone()[0]
+                    con.execute(f'DELETE FROM "{spec.name}" WHERE partition_date = ? AND app_id = ?', [day, app_id])
                     con.register("incoming_partition", table)
                     con.execute(f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition')
                     con.unregister("incoming_partition")
                     inserted[name] = table.num_rows
                 # Applies to this load's checkpoint (at COMMIT or when the connection closes).
-                if deleted == 0 and max(inserted.values(), default=0) >= _NO_VACUUM_MIN_ROWS:
+                if max(inserted.values(), default=0) >= _NO_VACUUM_MIN_ROWS:
                     con.execute("SET max_vacuum_tasks = 0")
                 else:
                     con.execute("RESET max_vacuum_tasks")

@@ -1,0 +1,79 @@
+"""Warehouse publishing of large days: the vacuum policy keeps semantics (identical tables on
+re-load, old day kept on failure) while skipping the row-group re-pack for large loads."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pyarrow as pa
+import pytest
+
+from campaign_pipeline import schemas, warehouse
+from campaign_pipeline.warehouse import Warehouse
+
+from .conftest import table_fingerprint
+
+APP = "app-1"
+DAYS = [date(2024, 5, 1) + timedelta(days=i) for i in range(3)]
+
+
+def day_tables(day: date, rows: int, status: str = "Delivered") -> dict[str, pa.Table]:
+    """A schema-conforming day: one campaign, ``rows`` SMS messages, no WhatsApp or rejects."""
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    tables = {name: spec.schema.empty_table() for name, spec in schemas.TABLES.items()}
+    sms = schemas.SMS_MESSAGES.schema
+    columns = {f.name: pa.nulls(rows, f.type) for f in sms}
+    columns.update(
+        app_id=pa.array([APP] * rows, pa.string()),
+        campaign_id=pa.array([f"c-{day.isoformat()}"] * rows, pa.string()),
+        recipient=pa.array([f"+852{i:08d}" for i in range(rows)], pa.string()),
+        partition_date=pa.array([day] * rows, pa.date32()),
+        sent_at=pa.array([start + timedelta(seconds=i % 86_000) for i in range(rows)], sms.field("sent_at").type),
+        status=pa.array([status] * rows, pa.string()),
+    )
+    tables[schemas.SMS_MESSAGES.name] = pa.table(columns, schema=sms)
+    return tables
+
+
+def load(wh: Warehouse, day: date, tables: dict[str, pa.Table]) -> str:
+    """Publish a day; return the vacuum setting its checkpoint ran with."""
+    seen = {}
+    wh.replace_partition(day, tables, APP, after_commit=lambda con: seen.update(
+        vacuum=con.execute("SELECT current_setting('max_vacuum_tasks')").fetchone()[0]))
+    return str(seen["vacuum"])
+
+
+@pytest.mark.parametrize("rows", [warehouse._NO_VACUUM_MIN_ROWS, 500])
+def test_reloading_days_gives_identical_tables_large_or_small(tmp_path, rows):
+    loaded, fresh = Warehouse(tmp_path / "loaded.duckdb"), Warehouse(tmp_path / "fresh.duckdb")
+    vacuum = {load(loaded, day, day_tables(day, rows, "Pending")) for day in DAYS}
+    # Re-load the middle day (with new statuses) and the first one; readers open between days.
+    load(loaded, DAYS[1], day_tables(DAYS[1], rows))
+    with loaded.reader() as con:
+        assert con.execute("SELECT count(*) FROM sms_messages").fetchone() == (3 * rows,)
+    load(loaded, DAYS[0], day_tables(DAYS[0], rows, "Pending"))
+    load(fresh, DAYS[0], day_tables(DAYS[0], rows, "Pending"))
+    load(fresh, DAYS[1], day_tables(DAYS[1], rows))
+    load(fresh, DAYS[2], day_tables(DAYS[2], rows, "Pending"))
+    assert table_fingerprint(loaded.path) == table_fingerprint(fresh.path)
+    with loaded.reader() as con:
+        assert con.execute(
+            "SELECT partition_date, status, count(*) FROM sms_messages GROUP BY ALL ORDER BY 1"
+        ).fetchall() == [(DAYS[0], "Pending", rows), (DAYS[1], "Delivered", rows), (DAYS[2], "Pending", rows)]
+    # Large loads skip the checkpoint's vacuum; small ones keep DuckDB's default.
+    assert vacuum == ({"0"} if rows >= warehouse._NO_VACUUM_MIN_ROWS else {"100"})
+
+
+def test_failed_large_reload_keeps_the_old_day(tmp_path):
+    wh = Warehouse(tmp_path / "w.duckdb")
+    rows = warehouse._NO_VACUUM_MIN_ROWS
+    for day in DAYS[:2]:
+        load(wh, day, day_tables(day, rows))
+    before = table_fingerprint(wh.path)
+    broken = day_tables(DAYS[1], rows, "Pending")
+    broken[schemas.REJECTED_RECORDS.name] = pa.table({"nonsense": [1]})  # fails after the big insert
+    with pytest.raises((pa.ArrowInvalid, ValueError, KeyError)):
+        wh.replace_partition(DAYS[1], broken, APP)
+    assert table_fingerprint(wh.path) == before
+    # The next small load on the same file runs with the default vacuum again.
+    assert load(wh, DAYS[2], day_tables(DAYS[2], 10)) == "100"
