@@ -34,7 +34,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date
 from pathlib import Path
 
@@ -221,6 +221,18 @@ def app_keys(value: str | None) -> tuple[str, ...]:
     if len(set(keys)) != len(keys):
         raise ConfigError("CAMPAIGN_APPS lists an app twice")
     return keys
+
+
+def app_config(config: PipelineConfig, key: str, env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """``config`` with app ``key``'s own base URL, App ID and token (``CINNOX_<KEY>_*``), validated."""
+    if key == config.apps[0] or config.source != SOURCE_CINNOX:
+        return config
+    env = os.environ if env is None else env
+    prefix = app_env_prefix(key)
+    own = validate(source=config.source, base_url=(env.get(prefix + "BASE_URL") or "").strip() or None,
+                   app_id=(env.get(prefix + "APP_ID") or "").strip() or None, app_token=env.get(prefix + "APP_TOKEN"),
+                   variable_prefix=prefix)
+    return replace(config, base_url=own.base_url, app_id=own.app_id, app_token=own.app_token)
 
 
 def app_env_prefix(key: str) -> str:

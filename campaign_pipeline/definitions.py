@@ -23,6 +23,7 @@ from campaign_pipeline.config import (
 from campaign_pipeline.orchestration.assets import build_assets
 from campaign_pipeline.orchestration.resources import CampaignStorageResource, CinnoxResource
 from campaign_pipeline.orchestration.schedules import build_job_and_schedule
+from campaign_pipeline.runner import SimulatorKnobs
 from campaign_pipeline.windows import load_timezone
 
 # BackfillPolicy and partitioned checks are beta/preview in Dagster 1.13; we rely on them knowingly.
@@ -64,11 +65,12 @@ def build_definitions(env: Mapping[str, str] | None = None) -> dg.Definitions:
             max_attempts=int(env.get("CINNOX_MAX_ATTEMPTS") or settings.DEFAULT_MAX_ATTEMPTS),
             backoff_max_s=float(env.get("CINNOX_BACKOFF_MAX_S") or settings.DEFAULT_BACKOFF_MAX_S),
             fetch_workers=int(env.get("CAMPAIGN_FETCH_WORKERS") or settings.DEFAULT_FETCH_WORKERS),
-            simulator_seed=int(env.get("CAMPAIGN_SIM_SEED") or 7) + index,
-            simulator_campaigns_per_day=int(env.get("CAMPAIGN_SIM_CAMPAIGNS_PER_DAY") or 8),
-            simulator_recipients_per_campaign=int(env.get("CAMPAIGN_SIM_RECIPIENTS_PER_CAMPAIGN") or 150),
+            simulator_seed=knobs.seed,
+            simulator_campaigns_per_day=knobs.campaigns_per_day,
+            simulator_recipients_per_campaign=knobs.recipients_per_campaign,
         )
         for index, (app_key, resource_key) in enumerate(resource_keys.items())
+        for knobs in [SimulatorKnobs.from_env(env, index)]
     }
     return dg.Definitions(
         assets=assets,

@@ -27,10 +27,13 @@ def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subpr
                           check=False)
 
 
-def test_cli_backfill_runs_end_to_end(simulator, tmp_path):
-    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-03"], simulator_env(simulator, tmp_path))
+@pytest.mark.parametrize(("flags", "done"), [([], "2 day partition(s) published (not recorded in Dagster"),
+                                            (["--dagster"], "materializations, run ")])
+def test_cli_backfill_runs_end_to_end(simulator, tmp_path, flags, done):
+    result = run_cli(["backfill", "--start", "2024-05-02", "--end", "2024-05-03", *flags],
+                     simulator_env(simulator, tmp_path))
     assert result.returncode == 0, result.stderr
-    assert "backfill done: 2 day(s)" in result.stderr
+    assert "backfill done: 2 day(s), " in result.stderr and done in result.stderr
     assert "landed 2024-05-02" in result.stderr  # progress per day
     rows = read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")
     assert {r["partition_date"] for r in rows} == {date(2024, 5, 2), date(2024, 5, 3)}

@@ -205,3 +205,47 @@ def test_rematerializing_later_picks_up_status_changes_and_replaces_rows(tmp_pat
             server.stop()
     assert sum(counts[0].values()) == sum(counts[1].values())  # replaced, not appended
     assert counts[1]["Read"] > counts[0]["Read"]  # statuses moved on
+
+
+# --- the CLI's direct run (no DAGSTER_HOME) and the Dagster job give the same warehouse and checks ----------------
+
+
+def _views(warehouse) -> dict[str, list]:
+    import duckdb
+
+    con = duckdb.connect(str(warehouse), read_only=True)
+    try:
+        names = [n for (n,) in con.execute(
+            "SELECT view_name FROM duckdb_views() WHERE NOT internal ORDER BY 1").fetchall()]
+        return {name: sorted(map(repr, con.execute(f'SELECT * FROM "{name}"').fetchall())) for name in names}
+    finally:
+        con.close()
+
+
+def test_direct_run_equals_the_dagster_run(odd_server, tmp_path, monkeypatch):
+    from campaign_pipeline.runner import run_range
+    from tests.conftest import table_fingerprint
+
+    pipeline_env(monkeypatch, odd_server, tmp_path / "dagster", CAMPAIGN_REJECTED_THRESHOLD="0.5")
+    in_dagster = run_backfill(DAY, DAY + timedelta(days=1))
+    pipeline_env(monkeypatch, odd_server, tmp_path / "direct", CAMPAIGN_REJECTED_THRESHOLD="0.5")
+    direct = run_range(DAY, DAY + timedelta(days=1))
+    assert in_dagster.success and direct.success
+    assert direct.days_published == 2
+    assert sorted(direct.warned_checks) == sorted(in_dagster.warned_checks) != []
+    assert direct.failed_checks == in_dagster.failed_checks == []
+    dagster_wh, direct_wh = tmp_path / "dagster" / "warehouse.duckdb", tmp_path / "direct" / "warehouse.duckdb"
+    assert table_fingerprint(direct_wh) == table_fingerprint(dagster_wh)
+    assert _views(direct_wh) == _views(dagster_wh)
+
+
+def test_direct_run_blocks_on_a_failed_blocking_check_like_dagster(odd_server, tmp_path, monkeypatch):
+    from campaign_pipeline.runner import run_range
+
+    pipeline_env(monkeypatch, odd_server, tmp_path, CAMPAIGN_REJECTED_THRESHOLD="0.001")
+    outcome = run_range(DAY, DAY)
+    assert not outcome.success
+    assert "blocking asset check" in (outcome.failure or "")
+    assert "rejected_records:rejected_ratio" in outcome.failed_checks
+    # Like the Dagster step: the day is committed before its checks run, and the failure is reported.
+    assert outcome.days_published == 1 and read_table(tmp_path / "warehouse.duckdb", "rejected_records", "reason")

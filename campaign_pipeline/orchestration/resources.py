@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import dagster as dg
 
 from campaign_pipeline import config as pipeline_config
-from campaign_pipeline import settings
+from campaign_pipeline import runner, settings
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
@@ -53,30 +53,15 @@ class CinnoxResource(dg.ConfigurableResource):
     def app_ref(self) -> AppRef:
         """This app's key (names its lake files) and CINNOX App ID (fills the ``app_id`` column)."""
         if self.source == pipeline_config.SOURCE_SIMULATOR:
-            return AppRef(self.app_key, self._simulator_app_id())
+            return AppRef(self.app_key, runner.simulator_app_id(self.app_key))
         return AppRef(self.app_key, self.validated().app_id)
-
-    def _simulator_app_id(self) -> str:
-        return "sim-app" if self.app_key == "default" else f"sim-{self.app_key}"
 
     @contextmanager
     def open_client(self) -> Iterator[CinnoxClient]:
         """A client for the configured source; the embedded simulator lives as long as the block."""
-        cfg = self.validated()
-        if cfg.source == pipeline_config.SOURCE_SIMULATOR:
-            from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
-
-            sim_config = SimulatorConfig(
-                app_id=self._simulator_app_id(),
-                seed=self.simulator_seed,
-                campaigns_per_day=self.simulator_campaigns_per_day,
-                recipients_per_campaign=self.simulator_recipients_per_campaign,
-            )
-            with SimulatorServer(sim_config) as server:
-                with CinnoxClient(server.base_url, server.app_id, server.token, **cfg.client_options()) as client:
-                    yield client
-            return
-        with CinnoxClient(cfg.base_url, cfg.app_id, cfg.app_token, **cfg.client_options()) as client:
+        knobs = runner.SimulatorKnobs(self.simulator_seed, self.simulator_campaigns_per_day,
+                                      self.simulator_recipients_per_campaign)
+        with runner.open_client(self.validated(), self.app_key, knobs) as client:
             yield client
 
 
