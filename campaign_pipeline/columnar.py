@@ -76,7 +76,8 @@ def decode_detail_body(body: bytes) -> pa.StructArray | None:
     if table.num_rows != 1:
         return None
     code = table.column(settings.ENVELOPE_CODE)[0].as_py()
-    pages = table.column(settings.ENVELOPE_RESULT).combine_chunks()
+    pages = table.column(settings.ENVELOPE_RESULT)
+    pages = pages.chunk(0) if pages.num_chunks == 1 else pages.combine_chunks()
     if code != settings.CODE_OK or pages.null_count:
         return None
     page = pages.flatten()

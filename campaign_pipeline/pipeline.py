@@ -125,17 +125,17 @@ def land_day(
 
         # Without pseudonymization, detail bodies are decoded straight to Arrow in the fetch
         # threads (no GIL held) and landed byte for byte; only pages that are not clean are
-        # decoded to dicts. A campaign's pages are typed together once it is fetched, outside
-        # the lock; the lock orders the landing file and the day's tables.
+        # decoded to dicts. A campaign's pages are typed a few at a time and the campaign is
+        # de-duplicated when its last page is in, all in its fetch thread; the lock only orders
+        # the landing file.
         decode = columnar.decode_detail_body if hasher is None else None
 
         def add_pages(history_id: str, pages: list) -> None:
             typed = splitter.type_detail_pages(
                 history_id, [page if isinstance(page, list) else page.decoded for page in pages],
                 lambda index: pages[index].records)
-            with write_lock:
-                for typed_page in typed:
-                    splitter.add_typed_detail_page(typed_page)
+            for typed_page in typed:
+                splitter.add_typed_detail_page(typed_page)
 
         def fetch_campaign(history_id: str) -> None:
             nonlocal done
@@ -153,8 +153,10 @@ def land_day(
                 if splitter is not None and len(pages) >= TYPING_BATCH_PAGES:
                     add_pages(history_id, pages)
                     pages = []
-            if splitter is not None and pages:
-                add_pages(history_id, pages)
+            if splitter is not None:
+                if pages:
+                    add_pages(history_id, pages)
+                splitter.finish_campaign(history_id)
             with write_lock:
                 done += 1
                 if progress is not None:
@@ -283,10 +285,11 @@ def process_days(
     outcome of a day already being published is still yielded before the failure is raised.
     """
 
-    def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple[DayTables, PublishedDay]:
+    def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple:
         day_tables = split()
         refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
-        return day_tables, publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold)
+        published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold)
+        return day_tables.stats, day_tables.row_counts, published  # the tables themselves are freed here
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as publisher:
         pending: tuple[PartitionWindow, LandingResult | None, Future] | None = None
@@ -320,8 +323,7 @@ def process_days(
 
 def _published(pending: tuple) -> DayOutcome:
     window, landed, future = pending
-    day_tables, published = future.result()
-    return DayOutcome(window, landed, day_tables.stats, day_tables.row_counts, published)
+    return DayOutcome(window, landed, *future.result())
 
 
 def refresh_views(warehouse: Warehouse, preview_days: int = 7) -> tuple[list[str], str]:

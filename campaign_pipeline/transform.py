@@ -1,14 +1,15 @@
 """Pure transforms: a day's raw API pages -> typed Arrow tables for every warehouse table.
 
 ``DaySplitter`` consumes summary pages first, then detail pages, page by page: rows are held as
-compact Arrow record batches, never as a partition's worth of Python dicts. ``finish()`` drops
-campaigns outside the partition window (the API's ``endAt`` may be inclusive), de-duplicates
-messages on (campaign_id, recipient) keeping the latest ``last_updated_at``, and returns the
-tables sorted deterministically so a re-run produces identical files.
+compact Arrow record batches per campaign, never as a partition's worth of Python dicts. It keeps
+only campaigns inside the partition window (the API's ``endAt`` may be inclusive), de-duplicates
+each campaign's messages on (campaign_id, recipient) keeping the latest ``last_updated_at``, and
+``finish()`` returns the tables sorted deterministically so a re-run produces identical files.
 """
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -112,11 +113,15 @@ class _ColumnBuffer:
         arrays = [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, fields, strict=True)]
         self.batches.append(pa.RecordBatch.from_arrays(arrays, schema=self.partial_schema))
 
-    def to_table(self, app_id: str, day: date) -> pa.Table:
+    def to_row_table(self) -> pa.Table:
+        """Everything appended so far, without the partition columns; empties the buffer."""
         self.flush()
         table = pa.Table.from_batches(self.batches, schema=self.partial_schema)
         self.batches = []
-        return with_partition_columns(table, self.schema, app_id, day)
+        return table
+
+    def to_table(self, app_id: str, day: date) -> pa.Table:
+        return with_partition_columns(self.to_row_table(), self.schema, app_id, day)
 
 
 def with_partition_columns(table: pa.Table, schema: pa.Schema, app_id: str, day: date) -> pa.Table:
@@ -143,11 +148,13 @@ class DaySplitter:
         self.stats = SplitStats()
         self._campaign_channels: dict[str, str] = {}
         self._campaigns = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
-        self._messages = {
-            settings.CHANNEL_SMS: _ColumnBuffer(schemas.SMS_MESSAGES_SCHEMA),
-            settings.CHANNEL_WHATSAPP: _ColumnBuffer(schemas.WHATSAPP_MESSAGES_SCHEMA),
-        }
+        # Messages are kept per campaign: a campaign is de-duplicated and sorted on its own once
+        # its pages are in (duplicates only occur within one campaign's listing), so the day's
+        # table is its campaigns in id order, with no day-sized sort or copy.
+        self._open_campaigns: dict[str, _ColumnBuffer] = {}
+        self._finished_campaigns: dict[str, pa.Table] = {}
         self._rejected: list[tuple] = []
+        self._lock = threading.Lock()
 
     @property
     def campaign_channels(self) -> dict[str, str]:
@@ -237,20 +244,38 @@ class DaySplitter:
         ]
 
     def add_typed_detail_page(self, typed: TypedDetailPage) -> None:
-        """Add a page typed by :meth:`type_detail_page` to the day's tables (not thread-safe)."""
-        if typed.channel is None:
-            self.stats.details_for_unknown_campaigns += typed.row_count
-            return
-        buffer = self._messages[typed.channel]
-        self.stats.detail_records += typed.row_count
-        self.stats.unknown_fields.update(typed.unknown_fields)
+        """Add a page typed by :meth:`type_detail_page` to its campaign (thread-safe; one thread per
+        campaign keeps a campaign's pages in order)."""
+        with self._lock:
+            if typed.channel is None:
+                self.stats.details_for_unknown_campaigns += typed.row_count
+                return
+            self.stats.detail_records += typed.row_count
+            self.stats.unknown_fields.update(typed.unknown_fields)
+            for record, reason in typed.rejected:
+                self._reject("detail", record, reason, typed.channel, typed.history_id)
+            buffer = self._open_campaigns.get(typed.history_id)
+            if buffer is None:
+                spec = schemas.SMS_MESSAGES if typed.channel == settings.CHANNEL_SMS else schemas.WHATSAPP_MESSAGES
+                buffer = self._open_campaigns[typed.history_id] = _ColumnBuffer(spec.schema)
         if typed.batch is not None:
             buffer.append_batch(typed.batch)
+        else:
+            for row in typed.rows:
+                buffer.append(row)
+
+    def finish_campaign(self, history_id: str) -> None:
+        """De-duplicate and sort one campaign whose pages are all in (thread-safe; the sort runs
+        outside the lock, so fetch threads finish their campaigns in parallel)."""
+        with self._lock:
+            buffer = self._open_campaigns.pop(history_id, None)
+        if buffer is None:
             return
-        for row in typed.rows:
-            buffer.append(row)
-        for record, reason in typed.rejected:
-            self._reject("detail", record, reason, typed.channel, typed.history_id)
+        table = buffer.to_row_table()
+        deduplicated = deduplicate_latest(table, ("campaign_id", "recipient"), "last_updated_at")
+        with self._lock:
+            self.stats.duplicate_messages_dropped += table.num_rows - deduplicated.num_rows
+            self._finished_campaigns[history_id] = deduplicated
 
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1
@@ -261,12 +286,16 @@ class DaySplitter:
         """Build the day's tables: de-duplicated, sorted, typed by the declared schemas."""
         day, app_id = self.window.day, self.app_id
         tables = {schemas.CAMPAIGNS.name: _sorted(self._campaigns.to_table(app_id, day), schemas.CAMPAIGNS)}
+        for history_id in list(self._open_campaigns):
+            self.finish_campaign(history_id)
         for spec in schemas.MESSAGE_TABLES:
             channel = settings.CHANNEL_SMS if spec is schemas.SMS_MESSAGES else settings.CHANNEL_WHATSAPP
-            table = self._messages[channel].to_table(app_id, day)
-            before = table.num_rows
-            table = deduplicate_latest(table, ("campaign_id", "recipient"), "last_updated_at")  # one app per split
-            self.stats.duplicate_messages_dropped += before - table.num_rows
+            row_schema = schemas.row_schema(spec.schema)
+            campaigns = [self._finished_campaigns.pop(cid) for cid in sorted(self._finished_campaigns)
+                         if self._campaign_channels[cid] == channel]
+            table = pa.concat_tables(campaigns) if campaigns else row_schema.empty_table()
+            del campaigns
+            table = with_partition_columns(table, spec.schema, app_id, day)
             unknown = set(pc.unique(table["status"]).drop_null().to_pylist()) - set(
                 settings.SMS_STATUSES if channel == settings.CHANNEL_SMS else settings.WHATSAPP_STATUSES
             )
@@ -297,18 +326,20 @@ def _sorted(table: pa.Table, spec: schemas.TableSpec) -> pa.Table:
 
 def deduplicate_latest(table: pa.Table, key_columns: tuple[str, ...], order_column: str) -> pa.Table:
     """Keep one row per key: the one with the greatest ``order_column`` (nulls lowest), ties to the
-    row that arrived last. The result is sorted by the key columns."""
+    row that arrived last. The result is sorted by the key columns. Sorts only the key columns and
+    takes the kept rows of the table once, so the day is copied once, not twice."""
     if table.num_rows == 0:
         return table
     arrival = pa.array(range(table.num_rows), pa.int64())
-    with_arrival = table.append_column("__arrival", arrival)
+    keys = pa.table({**{c: table[c] for c in key_columns}, order_column: table[order_column], "__arrival": arrival})
     sort_keys = [(c, "ascending") for c in key_columns]
     sort_keys += [(order_column, "descending", "at_end"), ("__arrival", "descending")]
-    ordered = with_arrival.take(pc.sort_indices(with_arrival, sort_keys=sort_keys))
+    indices = pc.sort_indices(keys, sort_keys=sort_keys)
     keep = None
     for column in key_columns:
-        values = ordered[column].combine_chunks()
+        values = keys[column].take(indices).combine_chunks()
         changed = pc.not_equal(values.slice(1), values.slice(0, len(values) - 1))
         keep = changed if keep is None else pc.or_(keep, changed)
-    keep = pa.concat_arrays([pa.array([True]), keep.combine_chunks() if isinstance(keep, pa.ChunkedArray) else keep])
-    return ordered.filter(keep).drop_columns(["__arrival"])
+    del keys
+    keep = pa.concat_arrays([pa.array([True]), keep]) if keep is not None else pa.array([True])
+    return table.take(indices.filter(keep))

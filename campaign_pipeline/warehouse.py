@@ -33,7 +33,7 @@ DEFAULT_OPEN_TIMEOUT_S = 120.0
 _META_TABLE = "_campaign_pipeline_meta"
 # A day's load is small; cap DuckDB's buffer pool so a backfill's memory stays flat (it spills to
 # disk beyond this) and use few threads on small machines.
-_WRITER_SETTINGS = {"memory_limit": "256MB", "threads": "2"}
+_WRITER_SETTINGS = {"memory_limit": "128MB", "threads": "2"}
 # DuckDB stores a table in row groups of 122,880 rows, and a load's rows go to new row groups at
 # commit. When a load's largest table fills at least half of one, the checkpoint skips the vacuum,
 # which re-packs neighbouring row groups: the previous day's tail plus this day, rewritten and

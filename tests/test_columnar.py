@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
+import orjson
 import pyarrow as pa
 import pytest
 
 from campaign_pipeline import records, schemas, settings
-import orjson
-
 from campaign_pipeline.columnar import clean_page_batch, decode_detail_body, typed_detail_batch
 from campaign_pipeline.simulator import CinnoxSimulator, SimulatorConfig, day_bounds_utc
 from campaign_pipeline.transform import DaySplitter
@@ -163,7 +162,7 @@ def test_a_campaigns_pages_typed_together_give_the_same_day_as_page_by_page(odd)
         bodies = [_body(page) for page in pages]
         decoded = [decode_detail_body(body) for body in bodies]
         arrow_or_dicts = [d if d is not None else page for d, page in zip(decoded, pages, strict=True)]
-        typed = together.type_detail_pages(campaign["id"], arrow_or_dicts, lambda i: orjson.loads(bodies[i])["result"])
+        typed = together.type_detail_pages(campaign["id"], arrow_or_dicts, lambda i, b=bodies: orjson.loads(b[i])["result"])
         combined += len(pages) > 1 and len(typed) == 1
         for typed_page in typed:
             together.add_typed_detail_page(typed_page)
