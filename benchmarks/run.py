@@ -1245,9 +1245,10 @@ def observations(results: dict) -> list[str]:
             text = f"* {size}x: b took {b_run['wall_s']:.1f} s wall and {b_run['cpu_s']:.1f} s CPU (2 cores)"
             if landing is not None:
                 text += (
-                    f"; its per-day `landed` lines (fetch, type and write the raw landing file) add up to "
-                    f"{landing:.1f} s, leaving {b_run['wall_s'] - landing:.1f} s for interpreter start-up, imports, "
-                    "Dagster, Parquet/DuckDB publishing and the checks"
+                    f"; its per-day `landed` lines (fetch, type, de-duplicate and write the raw landing file) add up "
+                    f"to {landing:.1f} s, leaving {b_run['wall_s'] - landing:.1f} s for interpreter start-up, imports, "
+                    "the last day's Parquet/DuckDB publishing and checks (earlier days publish while the next one "
+                    "is fetched) and the views"
                 )
             if a_run and a_run["returncode"] == 0:
                 text += (

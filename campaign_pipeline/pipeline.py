@@ -1,7 +1,7 @@
 """One partition's work, without Dagster: land the API pages, split them into tables, publish.
 
-    land_day               CINNOX API -> raw landing file (summary pages, then detail pages in parallel)
-    fetch_day              land_day, typing each page as it arrives (one streaming pass)
+    land_day               CINNOX API -> raw landing file (summary pages, then detail pages in parallel),
+                           typing each page as it arrives when given a splitter (one streaming pass)
     split_day              raw landing file -> typed Arrow tables (no API calls: a day can be re-split)
     publish_and_check_day  Arrow tables -> Parquet files (atomic) -> DuckDB (one transaction per day),
                            then the day's rates and checks
@@ -25,7 +25,7 @@ from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
-from campaign_pipeline.warehouse import Warehouse, ensure_views
+from campaign_pipeline.warehouse import Warehouse, WriterSession, ensure_views
 from campaign_pipeline.windows import PartitionWindow
 
 log = logging.getLogger(__name__)
@@ -185,22 +185,6 @@ def land_day(
     return result
 
 
-def fetch_day(
-    client: CinnoxClient,
-    lake: Lake,
-    app: AppRef,
-    window: PartitionWindow,
-    workers: int = 8,
-    progress: ProgressCallback | None = None,
-    hasher: RecipientHasher | None = None,
-) -> tuple[LandingResult, DayTables]:
-    """Land one day and type it in the same streaming pass over the API pages."""
-    splitter = DaySplitter(window, app.app_id)
-    landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
-                      splitter=splitter)
-    return landed, splitter.finish()
-
-
 def split_day(lake: Lake, app: AppRef, window: PartitionWindow) -> DayTables:
     """Type one day's landed pages into tables. Makes no API call."""
     if not lake.has_raw(window.day, app.key):
@@ -233,6 +217,7 @@ def publish_and_check_day(
     day_tables: DayTables,
     refetch_summary: Callable[[], list] | None = None,
     rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
+    session: WriterSession | None = None,
 ) -> PublishedDay:
     """Write each table's day to Parquet (atomically), replace the (app, day) in DuckDB in one
     transaction, then compute the day's rates and run its checks on the same connection.
@@ -246,7 +231,8 @@ def publish_and_check_day(
         found["outcomes"] = quality.evaluate_day(con, window, app.app_id, day_tables.stats, refetch_summary,
                                                  rejected_threshold)
 
-    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id, after_commit=inspect)
+    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id, after_commit=inspect,
+                                           session=session)
     return PublishedDay(inserted, found["rates"], found["outcomes"])
 
 
@@ -280,7 +266,8 @@ def process_days(
     day's outcome in order, once it is published.
 
     Day N is published in a background thread while day N+1 is fetched, so Parquet, DuckDB and
-    the checks stay off the fetch's critical path; at most one day waits to be published. Each
+    the checks stay off the fetch's critical path; at most one day waits to be published, and the
+    publisher keeps one DuckDB connection across days (:meth:`Warehouse.writer_session`). Each
     day's publish is atomic on its own, so a failure leaves every earlier day complete: the
     outcome of a day already being published is still yielded before the failure is raised.
     """
@@ -288,10 +275,11 @@ def process_days(
     def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple:
         day_tables = split()
         refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
-        published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold)
+        published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold,
+                                          session)
         return day_tables.stats, day_tables.row_counts, published  # the tables themselves are freed here
 
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="publish") as publisher:
+    with warehouse.writer_session() as session, ThreadPoolExecutor(1, thread_name_prefix="publish") as publisher:
         pending: tuple[PartitionWindow, LandingResult | None, Future] | None = None
         for window in windows:
             try:
@@ -299,7 +287,7 @@ def process_days(
                     splitter = DaySplitter(window, app.app_id)
                     landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
                                       splitter=splitter)
-                    split = splitter.finish  # de-duplicating and sorting the day runs in the publisher too
+                    split = splitter.finish  # concatenates the de-duplicated campaigns, in the publisher
                 else:
                     resplit = split_day(lake, app, window)
                     landed, split = None, lambda tables=resplit: tables

@@ -9,6 +9,7 @@ parameters; identifiers come only from :mod:`campaign_pipeline.schemas`.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -30,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
 DEFAULT_OPEN_TIMEOUT_S = 120.0
+DEFAULT_MAX_HOLD_S = 5.0
+_RETRY_MAX_DELAY_S = 0.25  # a waiting connection retries at least this often
+_READER_WINDOW_S = 0.5  # how long a writer session leaves the file free when it re-opens
 _META_TABLE = "_campaign_pipeline_meta"
 # A day's load is small; cap DuckDB's buffer pool so a backfill's memory stays flat (it spills to
 # disk beyond this) and use few threads on small machines.
@@ -89,6 +93,18 @@ class Warehouse:
         os.replace(temp, self.path)
 
     @contextmanager
+    def writer_session(self, max_hold_s: float = DEFAULT_MAX_HOLD_S) -> Iterator[WriterSession]:
+        """A writer connection reused by consecutive loads (each still its own transaction), so a
+        run of small days does not pay DuckDB's open and checkpoint-on-close for every day. It is
+        closed and the file released at least every ``max_hold_s`` seconds, so readers in other
+        processes (which retry every 0.25 s at most) still get in while a long backfill runs."""
+        session = WriterSession(self, max_hold_s)
+        try:
+            yield session
+        finally:
+            session.release()
+
+    @contextmanager
     def reader(self, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
         """A read-only connection; waits (up to ``timeout_s``) while a writer holds the file."""
         if not self.path.exists():
@@ -105,12 +121,14 @@ class Warehouse:
         tables: Mapping[str, pa.Table],
         app_id: str,
         after_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+        session: WriterSession | None = None,
     ) -> dict[str, int]:
         """Replace (``app_id``, ``day``) in every given table, in one transaction. Returns rows
         inserted per table. ``after_commit`` (e.g. the day's checks) runs on the same connection
-        once the day is committed, saving a second open of the file."""
+        once the day is committed, saving a second open of the file. With a ``session`` (see
+        :meth:`writer_session`) its connection is used instead of opening one."""
         inserted: dict[str, int] = {}
-        with self.writer() as con:
+        with contextlib.nullcontext(session.connection()) if session is not None else self.writer() as con:
             con.execute("BEGIN TRANSACTION")
             try:
                 for name, table in tables.items():
@@ -135,6 +153,46 @@ class Warehouse:
             if after_commit is not None:
                 after_commit(con)
         return inserted
+
+
+class WriterSession:
+    """The connection of :meth:`Warehouse.writer_session`, opened on first use (file lock held
+    while it is open) and re-opened once it has been held for ``max_hold_s``. One thread at a time."""
+
+    def __init__(self, warehouse: Warehouse, max_hold_s: float):
+        self.warehouse = warehouse
+        self.max_hold_s = max_hold_s
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._opened_at = 0.0
+
+    def connection(self) -> duckdb.DuckDBPyConnection:
+        """The open writer connection (opening or re-opening it as needed)."""
+        if self._con is not None and time.monotonic() - self._opened_at > self.max_hold_s:
+            self.release()
+            time.sleep(_READER_WINDOW_S)  # let a waiting reader (or writer) in before taking it back
+        if self._con is None:
+            warehouse = self.warehouse
+            warehouse.path.parent.mkdir(parents=True, exist_ok=True)
+            warehouse._lock.acquire()
+            try:
+                warehouse._create_if_missing()
+                con = _connect_with_retry(str(warehouse.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
+                prepare(con)
+            except BaseException:
+                warehouse._lock.release()
+                raise
+            self._con, self._opened_at = con, time.monotonic()
+        return self._con
+
+    def release(self) -> None:
+        """Close the connection (DuckDB checkpoints it) and release the file lock."""
+        if self._con is None:
+            return
+        con, self._con = self._con, None
+        try:
+            con.close()
+        finally:
+            self.warehouse._lock.release()
 
 
 SQL_DIR = Path(__file__).parent / "sql"
@@ -212,4 +270,4 @@ def _connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.
                     f"within {timeout_s:.0f}s: another process holds it; retry when it finishes"
                 ) from None
             time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+            delay = min(delay * 2, _RETRY_MAX_DELAY_S)

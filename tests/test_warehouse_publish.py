@@ -77,3 +77,37 @@ def test_failed_large_reload_keeps_the_old_day(tmp_path):
     assert table_fingerprint(wh.path) == before
     # The next small load on the same file runs with the default vacuum again.
     assert load(wh, DAYS[2], day_tables(DAYS[2], 10)) == "100"
+
+
+READER = """
+import sys, time
+from campaign_pipeline.warehouse import Warehouse
+with Warehouse(sys.argv[1]).reader(timeout_s=20) as con:
+    rows = con.execute("SELECT count(*) FROM sms_messages").fetchone()[0]
+print(time.time(), rows)
+"""
+
+
+def test_a_writer_session_reuses_its_connection_and_still_lets_readers_in(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    with wh.writer_session(max_hold_s=0.3) as session:
+        wh.replace_partition(DAYS[0], day_tables(DAYS[0], 50), APP, session=session)
+        first = session.connection()
+        wh.replace_partition(DAYS[1], day_tables(DAYS[1], 50), APP, session=session)
+        assert session.connection() is first  # consecutive loads share one connection
+        reader = subprocess.Popen([sys.executable, "-c", READER, str(wh.path)], stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while reader.poll() is None and time.monotonic() < deadline:
+            wh.replace_partition(DAYS[2], day_tables(DAYS[2], 50), APP, session=session)  # keeps the file busy
+        session_still_open_at = time.time()
+        assert session.connection() is not first  # re-opened after max_hold_s, which let the reader in
+    out, _ = reader.communicate(timeout=30)
+    assert reader.returncode == 0
+    read_at, rows = out.split()
+    assert float(read_at) <= session_still_open_at and int(rows) >= 100
+    with wh.reader() as con:
+        assert con.execute("SELECT count(*) FROM sms_messages").fetchone()[0] == 150
