@@ -125,9 +125,10 @@ def run_range(
                                       "" if app_key == pipeline_config.DEFAULT_APP_KEY else f" [{app_key}]",
                                       day.published.inserted)
                     blocked |= _collect_checks(outcome, app_key, day)
-        except CampaignPipelineError as error:  # like a failed Dagster step: the other apps still run
+        except Exception as error:  # noqa: BLE001 -- like a failed Dagster step: one line, the other apps still run
             outcome.success = False
-            outcome.failure = outcome.failure or str(error)
+            text = str(error) if isinstance(error, CampaignPipelineError) else f"{type(error).__name__}: {error}"
+            outcome.failure = outcome.failure or " ".join(text.split())
     if blocked:
         outcome.success = False
         outcome.failure = outcome.failure or "a blocking asset check failed; the views were not refreshed"
