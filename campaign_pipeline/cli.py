@@ -92,7 +92,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     end = today - timedelta(days=1)
     start = end - timedelta(days=args.days - 1)
     os.environ.setdefault("CAMPAIGN_PARTITION_START", start.isoformat())
-    args.start, args.end, args.resplit = start, end, False
+    args.start, args.end, args.resplit, args.dagster = start, end, False, False
     code = cmd_backfill(args)
     if code != EXIT_OK:
         return code

@@ -243,8 +243,8 @@ class Page:
     offset: int
     nbytes: int
     history_id: str | None = None
-    body: bytes = b""
-    decoded: Any = None
+    body: bytes = field(default=b"", repr=False)  # recipients' numbers and messages: never in a repr
+    decoded: Any = field(default=None, repr=False)
     row_count: int = 0
     _records: list[dict] | None = field(default=None, repr=False)
 
@@ -252,7 +252,12 @@ class Page:
     def records(self) -> list[dict]:
         """The raw ``result`` rows of the page."""
         if self._records is None:
-            object.__setattr__(self, "_records", orjson.loads(self.body)[settings.ENVELOPE_RESULT])
+            try:
+                records = orjson.loads(self.body)[settings.ENVELOPE_RESULT]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
+                raise PayloadError(f"page at offset {self.offset} cannot be decoded as JSON: "
+                                   f"{type(error).__name__}") from None
+            object.__setattr__(self, "_records", records)
         return self._records
 
 

@@ -54,6 +54,10 @@ _DETAIL_BODY_PARSE = pa_json.ParseOptions(
 )
 
 
+#: The top-level fields of a success body (``cid`` is the vendor's internal id).
+_ENVELOPE_FIELDS = frozenset({settings.ENVELOPE_CODE, settings.ENVELOPE_RESULT, "cid"})
+
+
 class _NotClean(Exception):
     """The page is not in canonical shape; type it record by record."""
 
@@ -73,15 +77,21 @@ def decode_detail_body(body: bytes) -> pa.StructArray | None:
         )
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
         return None
-    if table.num_rows != 1:
-        return None
+    if table.num_rows != 1 or not set(table.schema.names) <= _ENVELOPE_FIELDS:
+        return None  # landed byte for byte, so only the documented envelope fields may be in it
     code = table.column(settings.ENVELOPE_CODE)[0].as_py()
     pages = table.column(settings.ENVELOPE_RESULT)
     pages = pages.chunk(0) if pages.num_chunks == 1 else pages.combine_chunks()
     if code != settings.CODE_OK or pages.null_count:
         return None
     page = pages.flatten()
-    return page if page.null_count == 0 else None
+    if page.null_count:
+        return None
+    try:
+        page.validate(full=True)  # Arrow's reader lets invalid UTF-8 through; orjson (and a re-split) would not
+    except pa.ArrowInvalid:
+        return None
+    return page
 
 
 def _column(page: pa.StructArray, name: str) -> pa.Array:
@@ -114,15 +124,23 @@ def _optional_text(array: pa.Array) -> pa.Array:
     return pc.if_else(pc.equal(array, ""), _NULL_STRING, array)
 
 
+def _ascii_upper(array: pa.Array) -> pa.Array:
+    """Upper-cased like ``str.upper``, which Arrow's Unicode rules match only for ASCII text."""
+    present = array.drop_null()
+    if len(present) and not _all(pc.string_is_ascii(present)):
+        raise _NotClean
+    return pc.ascii_upper(array)
+
+
 def _all(mask: pa.Array) -> bool:
     return mask.null_count == 0 and pc.all(mask).as_py() is not False
 
 
 def _timestamps(array: pa.Array, required: bool) -> pa.Array:
     array = _strings(array)
-    if required and array.null_count:
-        raise _NotClean
     array = pc.if_else(pc.equal(array, ""), _NULL_STRING, array)
+    if required and array.null_count:  # absent, null or "": the record parser rejects it
+        raise _NotClean
     present = array.drop_null()
     if len(present) and not _all(pc.match_substring_regex(present, _TIMESTAMP)):
         raise _NotClean
@@ -183,7 +201,7 @@ def typed_detail_batch(
             columns = [
                 ids, recipients, sent_at, phones,
                 _optional_text(_column(page, "sender.senderEID")),
-                pc.utf8_upper(_optional_text(_column(page, "recipientCountry"))),
+                _ascii_upper(_optional_text(_column(page, "recipientCountry"))),
                 _optional_text(_column(page, "content")),
                 num_sms.cast(pa.int32()),
                 _status(_column(page, "status"), _STATUSES[channel]),

@@ -128,7 +128,7 @@ def land_day(
         # decoded to dicts. A campaign's pages are typed a few at a time and the campaign is
         # de-duplicated when its last page is in, all in its fetch thread; the lock only orders
         # the landing file.
-        decode = columnar.decode_detail_body if hasher is None else None
+        decode = columnar.decode_detail_body if hasher is None and splitter is not None else None
 
         def add_pages(history_id: str, pages: list) -> None:
             typed = splitter.type_detail_pages(
@@ -149,7 +149,8 @@ def land_day(
                     page_records = hasher.redact_page(page.records) if hasher is not None else page.records
                     with write_lock:
                         writer.write_page("detail", history_id, page.offset, page_records)
-                    pages.append(page_records)
+                    if splitter is not None:
+                        pages.append(page_records)
                 if splitter is not None and len(pages) >= TYPING_BATCH_PAGES:
                     add_pages(history_id, pages)
                     pages = []
@@ -266,17 +267,22 @@ def process_days(
     day's outcome in order, once it is published.
 
     Day N is published in a background thread while day N+1 is fetched, so Parquet, DuckDB and
-    the checks stay off the fetch's critical path; at most one day waits to be published, and the
-    publisher keeps one DuckDB connection across days (:meth:`Warehouse.writer_session`). Each
+    the checks stay off the fetch's critical path; at most one day waits to be published. The
+    publisher keeps its DuckDB connection (:meth:`Warehouse.writer_session`) only while the next day
+    is already waiting for it, so readers can open the file whenever publishing is idle. Each
     day's publish is atomic on its own, so a failure leaves every earlier day complete: the
     outcome of a day already being published is still yielded before the failure is raised.
     """
+
+    next_day_waiting = threading.Event()  # set while a landed day waits for the publisher
 
     def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple:
         day_tables = split()
         refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
         published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold,
                                           session)
+        if not next_day_waiting.is_set():
+            session.release()  # idle while the next day is fetched: readers may open the file meanwhile
         return day_tables.stats, day_tables.row_counts, published  # the tables themselves are freed here
 
     with warehouse.writer_session() as session, ThreadPoolExecutor(1, thread_name_prefix="publish") as publisher:
@@ -296,9 +302,11 @@ def process_days(
                 if pending is not None:
                     yield _published(pending)
                 raise
+            next_day_waiting.set()
             if pending is not None:
                 yield _published(pending)
                 pending = None
+            next_day_waiting.clear()
             if not load:
                 day_tables = split()
                 yield DayOutcome(window, landed, day_tables.stats, day_tables.row_counts, None)

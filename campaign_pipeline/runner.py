@@ -119,12 +119,13 @@ def run_range(
                     windows, lake, warehouse, app, client, workers=cfg.fetch_workers,
                     hasher=None if resplit_only else hasher, rejected_threshold=threshold,
                     refetch_summary=lambda window, c=client, a=app_cfg, k=app_key, s=knobs: _refetch(c, a, k, s, window))
-                for number, day in enumerate(days, start=1):
-                    outcome.days_published += 1
-                    progress_log.info("day %d/%d done: %s%s %s", number, len(windows), day.window.key,
-                                      "" if app_key == pipeline_config.DEFAULT_APP_KEY else f" [{app_key}]",
-                                      day.published.inserted)
-                    blocked |= _collect_checks(outcome, app_key, day)
+                with contextlib.closing(days):  # closed (its DuckDB session too) even on a failure below
+                    for number, day in enumerate(days, start=1):
+                        outcome.days_published += 1
+                        progress_log.info("day %d/%d done: %s%s %s", number, len(windows), day.window.key,
+                                          "" if app_key == pipeline_config.DEFAULT_APP_KEY else f" [{app_key}]",
+                                          day.published.inserted)
+                        blocked |= _collect_checks(outcome, app_key, day)
         except Exception as error:  # noqa: BLE001 -- like a failed Dagster step: one line, the other apps still run
             outcome.success = False
             text = str(error) if isinstance(error, CampaignPipelineError) else f"{type(error).__name__}: {error}"

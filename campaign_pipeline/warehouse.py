@@ -95,9 +95,11 @@ class Warehouse:
     @contextmanager
     def writer_session(self, max_hold_s: float = DEFAULT_MAX_HOLD_S) -> Iterator[WriterSession]:
         """A writer connection reused by consecutive loads (each still its own transaction), so a
-        run of small days does not pay DuckDB's open and checkpoint-on-close for every day. It is
-        closed and the file released at least every ``max_hold_s`` seconds, so readers in other
-        processes (which retry every 0.25 s at most) still get in while a long backfill runs."""
+        run of small days does not pay DuckDB's open and checkpoint-on-close for every day. The
+        user releases it when idle (:meth:`WriterSession.release`; the next use re-opens it), and a
+        connection held for ``max_hold_s`` is closed at its next use and the file left free for a
+        moment, so readers in other processes (which retry every 0.25 s at most) still get in
+        while a long, publish-bound backfill runs."""
         session = WriterSession(self, max_hold_s)
         try:
             yield session
@@ -140,7 +142,8 @@ class Warehouse:
                     con.execute(f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition')
                     con.unregister("incoming_partition")
                     inserted[name] = table.num_rows
-                # Applies to this load's checkpoint (at COMMIT or when the connection closes).
+                # Applies to this load's checkpoint (at COMMIT when the WAL is past DuckDB's threshold,
+                # else when the connection closes: in a writer session, the last load's setting counts).
                 if max(inserted.values(), default=0) >= _NO_VACUUM_MIN_ROWS:
                     con.execute("SET max_vacuum_tasks = 0")
                 else:
@@ -174,11 +177,14 @@ class WriterSession:
             warehouse = self.warehouse
             warehouse.path.parent.mkdir(parents=True, exist_ok=True)
             warehouse._lock.acquire()
+            con = None
             try:
                 warehouse._create_if_missing()
                 con = _connect_with_retry(str(warehouse.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
                 prepare(con)
             except BaseException:
+                if con is not None:
+                    con.close()
                 warehouse._lock.release()
                 raise
             self._con, self._opened_at = con, time.monotonic()

@@ -114,3 +114,10 @@ def test_dagster_dev_serves_the_assets_from_the_workspace(tmp_path):
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
     assert {"raw_campaign_responses", "campaigns", "sms_messages", "whatsapp_messages", "rejected_records"} <= keys
+
+
+def test_cli_demo_backfills_from_the_built_in_simulator_and_prints_the_report(tmp_path):
+    result = run_cli(["demo", "--days", "2", "--data-dir", str(tmp_path / "demo")], {})
+    assert result.returncode == 0, result.stderr
+    assert "backfill done: 2 day(s)" in result.stderr
+    assert "warehouse:" in result.stdout and (tmp_path / "demo" / "warehouse.duckdb").exists()

@@ -71,6 +71,8 @@ def test_odd_pages_fall_back_unless_they_are_canonical():
         ({"date": "2024-05-02T10:00:00"}, settings.CHANNEL_SMS),
         ({"date": "2024-05-02 10:00:00Z"}, settings.CHANNEL_SMS),
         ({"id": "another"}, settings.CHANNEL_SMS),
+        ({"date": ""}, settings.CHANNEL_SMS),  # a required timestamp that is empty: the parser rejects it
+        ({"recipientCountry": "ß"}, settings.CHANNEL_SMS),  # upper-cased differently by Arrow and Python
         ({"status": "READ"}, settings.CHANNEL_WHATSAPP),
     ],
 )
@@ -82,6 +84,8 @@ def test_one_odd_record_sends_the_page_to_the_record_parser(change, channel):
     assert clean_page_batch(page, "c1", channel) is not None
     page[3] = {**page[3], **change}
     assert clean_page_batch(page, "c1", channel) is None
+    decoded = decode_detail_body(_body(page))
+    assert decoded is None or typed_detail_batch(decoded, "c1", channel) is None
 
 
 def _body(page: list, **envelope) -> bytes:
@@ -127,6 +131,8 @@ def test_odd_bodies_decline_or_type_exactly_like_the_record_parser():
         b'{"code":0,"result":[]',  # truncated
         b"[]",
         b"",
+        b'{"code":0,"result":[{"id":"c1","subject":"\xff"}]}',  # invalid UTF-8: orjson (and a re-split) refuse it
+        b'{"code":0,"result":[],"echo":"Bearer x"}',  # not the documented envelope: never landed verbatim
     ],
 )
 def test_bodies_arrow_cannot_take_are_left_to_the_json_decoder(body):

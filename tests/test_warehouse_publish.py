@@ -111,3 +111,53 @@ def test_a_writer_session_reuses_its_connection_and_still_lets_readers_in(tmp_pa
     assert float(read_at) <= session_still_open_at and int(rows) >= 100
     with wh.reader() as con:
         assert con.execute("SELECT count(*) FROM sms_messages").fetchone()[0] == 150
+
+
+PROBE = """
+import sys, time
+from campaign_pipeline.warehouse import Warehouse, WarehouseError
+path, deadline = sys.argv[1], time.time() + 60
+while time.time() < deadline:
+    try:
+        with Warehouse(path).reader(timeout_s=0.3) as con:
+            con.execute("SELECT count(*) FROM campaigns").fetchone()
+        print(time.time())
+        break
+    except WarehouseError:
+        time.sleep(0.05)
+"""
+
+
+def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tmp_path):
+    """Between publishing day 1 and day 2 the fetch of day 2 is slow (every request waits 0.15 s):
+    a reader in another process must get in then, not only after the run."""
+    import subprocess
+    import sys
+    import time
+
+    from campaign_pipeline import pipeline
+    from campaign_pipeline.client import CinnoxClient
+    from campaign_pipeline.lake import Lake
+    from campaign_pipeline.windows import PartitionWindow
+
+    from .conftest import start_simulator
+
+    server = start_simulator(fault_rate=1.0, fault_kinds=("slow",), slow_seconds=0.15, campaigns_per_day=3,
+                             recipients_per_campaign=40)
+    wh = Warehouse(tmp_path / "w.duckdb")
+    windows = [PartitionWindow.for_day(date(2024, 5, 2) + timedelta(days=n), "UTC") for n in range(3)]
+    probe = None
+    try:
+        with CinnoxClient(server.base_url, server.app_id, server.token, rate_limit_per_min=None) as client:
+            days = pipeline.process_days(windows, Lake(str(tmp_path / "lake")), wh, pipeline.AppRef("default", "a"),
+                                         client)
+            for number, _ in enumerate(days, start=1):
+                if number == 1:  # day 2 is landed, day 3 is being fetched; day 2 publishes meanwhile
+                    probe = subprocess.Popen([sys.executable, "-c", PROBE, str(wh.path)], stdout=subprocess.PIPE,
+                                             text=True)
+            run_ended_at = time.time()
+    finally:
+        server.stop()
+    out, _ = probe.communicate(timeout=60)
+    assert out.strip(), "the reader never got in"
+    assert float(out.strip()) < run_ended_at, "the reader got in only after the run"

@@ -121,21 +121,23 @@ def build_app_assets(
                 hasher=storage.recipient_hasher() if fetch else None,
                 refetch_summary=lambda window: _refetch_summary(cinnox, client, window),
                 rejected_threshold=rejected_threshold, progress=context.log.debug)
-            for number, day in enumerate(days, start=1):
-                window = day.window
-                if day.landed is not None:
-                    context.add_asset_metadata(day.landed.as_metadata(), asset_key=keys.raw, partition_key=window.key)
-                if day.published is None:
-                    progress_log.info("day %d/%d landed: %s", number, len(windows), window.key)
-                    continue
-                published = day.published
-                progress_log.info("day %d/%d done: %s%s %s", number, len(windows), window.key,
-                                  "" if app.key == "default" else f" [{app.key}]", published.inserted)
-                _add_table_metadata(context, table_keys, window, day.stats, published.inserted, published.rates)
-                for outcome in published.outcomes:
-                    asset_key = table_keys[outcome.spec.table]
-                    if dg.AssetCheckKey(asset_key, outcome.spec.name) in selected_checks:
-                        yield check_evaluation(outcome, asset_key, window.key)
+            # closing(): a failure here still closes the generator (and its DuckDB session) at once
+            with contextlib.closing(days):
+                for number, day in enumerate(days, start=1):
+                    window = day.window
+                    if day.landed is not None:
+                        context.add_asset_metadata(day.landed.as_metadata(), asset_key=keys.raw, partition_key=window.key)
+                    if day.published is None:
+                        progress_log.info("day %d/%d landed: %s", number, len(windows), window.key)
+                        continue
+                    published = day.published
+                    progress_log.info("day %d/%d done: %s%s %s", number, len(windows), window.key,
+                                      "" if app.key == "default" else f" [{app.key}]", published.inserted)
+                    _add_table_metadata(context, table_keys, window, day.stats, published.inserted, published.rates)
+                    for outcome in published.outcomes:
+                        asset_key = table_keys[outcome.spec.table]
+                        if dg.AssetCheckKey(asset_key, outcome.spec.name) in selected_checks:
+                            yield check_evaluation(outcome, asset_key, window.key)
         for key in (keys.raw, *table_keys.values()):  # topological order
             if key in selected:
                 yield dg.MaterializeResult(asset_key=key)
