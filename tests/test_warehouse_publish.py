@@ -114,17 +114,20 @@ def test_a_writer_session_reuses_its_connection_and_still_lets_readers_in(tmp_pa
 
 
 PROBE = """
-import sys, time
+import os, sys, time
 from campaign_pipeline.warehouse import Warehouse, WarehouseError
 path, deadline = sys.argv[1], time.time() + 60
+print("ready", flush=True)
+while not os.path.exists(path) and time.time() < deadline:
+    time.sleep(0.01)
 while time.time() < deadline:
     try:
         with Warehouse(path).reader(timeout_s=0.3) as con:
             con.execute("SELECT count(*) FROM campaigns").fetchone()
-        print(time.time())
+        print(time.time(), flush=True)
         break
     except WarehouseError:
-        time.sleep(0.05)
+        time.sleep(0.02)
 """
 
 
@@ -145,16 +148,15 @@ def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tm
     server = start_simulator(fault_rate=1.0, fault_kinds=("slow",), slow_seconds=0.15, campaigns_per_day=3,
                              recipients_per_campaign=40)
     wh = Warehouse(tmp_path / "w.duckdb")
-    windows = [PartitionWindow.for_day(date(2024, 5, 2) + timedelta(days=n), "UTC") for n in range(3)]
-    probe = None
+    windows = [PartitionWindow.for_day(date(2024, 5, 2) + timedelta(days=n), "UTC") for n in range(4)]
+    # The reader starts first (its imports take longer than a day's fetch) and waits for the file.
+    probe = subprocess.Popen([sys.executable, "-c", PROBE, str(wh.path)], stdout=subprocess.PIPE, text=True)
     try:
+        assert probe.stdout.readline().strip() == "ready"
         with CinnoxClient(server.base_url, server.app_id, server.token, rate_limit_per_min=None) as client:
-            days = pipeline.process_days(windows, Lake(str(tmp_path / "lake")), wh, pipeline.AppRef("default", "a"),
-                                         client)
-            for number, _ in enumerate(days, start=1):
-                if number == 1:  # day 2 is landed, day 3 is being fetched; day 2 publishes meanwhile
-                    probe = subprocess.Popen([sys.executable, "-c", PROBE, str(wh.path)], stdout=subprocess.PIPE,
-                                             text=True)
+            for _ in pipeline.process_days(windows, Lake(str(tmp_path / "lake")), wh,
+                                           pipeline.AppRef("default", "a"), client):
+                pass
             run_ended_at = time.time()
     finally:
         server.stop()
