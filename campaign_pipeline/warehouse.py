@@ -66,15 +66,8 @@ class Warehouse:
     @contextmanager
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """An exclusive read-write connection, held only for the duration of the block."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._create_if_missing()
-            con = _connect_with_retry(str(self.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
-            try:
-                prepare(con)
-                yield con
-            finally:
-                con.close()
+        with self.writer_session() as session:
+            yield session.connection()
 
     def _create_if_missing(self) -> None:
         """Build a new warehouse under a hidden temporary name and rename it into place, so a
