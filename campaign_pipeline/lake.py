@@ -32,6 +32,8 @@ DEFAULT_APP_KEY = "default"
 # keeps landing off the critical path; `zstdcat` or pyarrow/DuckDB read it.
 RAW_CODEC, RAW_CODEC_SUFFIX = "zstd", "zst"
 _TEMP_MARK = ".tmp-"
+#: Rows buffered before a streamed Parquet write emits a row group (bounds its memory).
+PARQUET_ROW_GROUP_ROWS = 65_536
 
 
 @dataclass(frozen=True)
@@ -116,12 +118,25 @@ class Lake:
             if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
                 self.fs.delete_file(temp)
 
-    def write_parquet(self, table_name: str, day: date, table: pa.Table, app_key: str = DEFAULT_APP_KEY) -> str:
-        """Atomically replace one table's day (for one app) with ``table`` (an empty table is written
-        too, so a day that lost all its rows does not keep stale ones). Returns the path."""
+    def write_parquet(self, table_name: str, day: date, data: pa.Table | pa.RecordBatchReader,
+                      app_key: str = DEFAULT_APP_KEY) -> str:
+        """Atomically replace one table's day (for one app) with ``data``, a table or a stream of
+        record batches written as it is read, in row groups of about ``PARQUET_ROW_GROUP_ROWS``
+        rows. An empty table is written too, so a day that lost all its rows does not keep stale
+        ones. Returns the path."""
         path = self.parquet_path(table_name, day, app_key)
-        with self._atomic_output(path) as stream:
-            pq.write_table(table, stream, compression="zstd")
+        reader = data.to_reader() if isinstance(data, pa.Table) else data
+        with self._atomic_output(path) as stream, pq.ParquetWriter(stream, reader.schema, compression="zstd") as out:
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            for batch in reader:
+                pending.append(batch)
+                pending_rows += batch.num_rows
+                if pending_rows >= PARQUET_ROW_GROUP_ROWS:
+                    out.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
+                    pending, pending_rows = [], 0
+            if pending_rows:
+                out.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
         return path
 
     def read_parquet(self, table_name: str, day: date, app_key: str = DEFAULT_APP_KEY) -> pa.Table | None:
@@ -203,14 +218,15 @@ def _remove_orphaned_temps(directory: str) -> None:
         if not name.startswith(".") or _TEMP_MARK not in name:
             continue
         pid_text = name.rsplit(_TEMP_MARK, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and not _pid_alive(int(pid_text)):
+        if pid_text.isdigit() and not pid_alive(int(pid_text)):
             try:
                 os.remove(os.path.join(directory, name))
             except FileNotFoundError:
                 pass
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """True if process ``pid`` still runs (or is this process)."""
     if pid == os.getpid():
         return True
     try:

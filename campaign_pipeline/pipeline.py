@@ -13,16 +13,21 @@ Logs carry counts, partition keys and campaign ids only: never phone numbers, bo
 from __future__ import annotations
 
 import logging
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from campaign_pipeline import columnar, quality, records, reporting
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.errors import CampaignPipelineError
-from campaign_pipeline.lake import Lake
+from campaign_pipeline.lake import Lake, pid_alive
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
 from campaign_pipeline.warehouse import Warehouse, WriterSession, ensure_views
@@ -33,6 +38,7 @@ log = logging.getLogger(__name__)
 ProgressCallback = Callable[[str], None]
 #: Detail pages of one campaign typed together (fewer Arrow calls) while bounding the bodies held.
 TYPING_BATCH_PAGES = 8
+_STAGING_PREFIX = ".staging-"
 
 
 @dataclass(frozen=True)
@@ -186,13 +192,14 @@ def land_day(
     return result
 
 
-def split_day(lake: Lake, app: AppRef, window: PartitionWindow) -> DayTables:
-    """Type one day's landed pages into tables. Makes no API call."""
+def split_day(lake: Lake, app: AppRef, window: PartitionWindow, staging_dir: Path | None = None) -> DayTables:
+    """Type one day's landed pages into tables (their campaigns staged in ``staging_dir`` if given).
+    Makes no API call."""
     if not lake.has_raw(window.day, app.key):
         raise LandingMissingError(
             f"no landed data for {window.key}; run the backfill without --resplit to fetch it from the API"
         )
-    splitter = DaySplitter(window, app.app_id)
+    splitter = DaySplitter(window, app.app_id, staging_dir)
     for page in lake.iter_raw_pages(window.day, app.key):
         if page.endpoint == "summary":
             splitter.add_summary_records(page.records)
@@ -223,8 +230,8 @@ def publish_and_check_day(
     """Write each table's day to Parquet (atomically), replace the (app, day) in DuckDB in one
     transaction, then compute the day's rates and run its checks on the same connection.
     Re-publishing the same day leaves identical tables."""
-    for name, table in day_tables.tables.items():
-        lake.write_parquet(name, day_tables.day, table, app.key)
+    for name, table in day_tables.parts.items():
+        lake.write_parquet(name, day_tables.day, table.reader(), app.key)
     found: dict = {}
 
     def inspect(con) -> None:
@@ -232,8 +239,8 @@ def publish_and_check_day(
         found["outcomes"] = quality.evaluate_day(con, window, app.app_id, day_tables.stats, refetch_summary,
                                                  rejected_threshold)
 
-    inserted = warehouse.replace_partition(day_tables.day, day_tables.tables, app.app_id, after_commit=inspect,
-                                           session=session)
+    readers = {name: table.reader() for name, table in day_tables.parts.items()}
+    inserted = warehouse.replace_partition(day_tables.day, readers, app.app_id, after_commit=inspect, session=session)
     return PublishedDay(inserted, found["rates"], found["outcomes"])
 
 
@@ -247,6 +254,23 @@ class DayOutcome:
     stats: SplitStats
     row_counts: dict[str, int]
     published: PublishedDay | None
+
+
+@contextmanager
+def staging_area(parent: Path) -> Iterator[Path]:
+    """A private scratch directory under ``parent`` (local disk, beside the warehouse) for one
+    run's staged campaigns, removed when the block ends. Directories left by runs that were killed
+    (their process is gone) are removed first."""
+    parent.mkdir(parents=True, exist_ok=True)
+    for stale in parent.glob(f"{_STAGING_PREFIX}*"):
+        pid = stale.name[len(_STAGING_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    path = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=parent))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def process_days(
@@ -278,24 +302,32 @@ def process_days(
 
     def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple:
         day_tables = split()
-        refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
-        published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold,
-                                          session)
+        row_counts = day_tables.row_counts
+        try:
+            refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
+            published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold,
+                                              session)
+        finally:
+            day_tables.discard()
         if not next_day_waiting.is_set():
             session.release()  # idle while the next day is fetched: readers may open the file meanwhile
-        return day_tables.stats, day_tables.row_counts, published  # the tables themselves are freed here
+        return day_tables.stats, row_counts, published
 
-    with warehouse.writer_session() as session, ThreadPoolExecutor(1, thread_name_prefix="publish") as publisher:
+    with (
+        staging_area(warehouse.path.parent) as staging,
+        warehouse.writer_session() as session,
+        ThreadPoolExecutor(1, thread_name_prefix="publish") as publisher,
+    ):
         pending: tuple[PartitionWindow, LandingResult | None, Future] | None = None
         for window in windows:
             try:
                 if client is not None:
-                    splitter = DaySplitter(window, app.app_id)
+                    splitter = DaySplitter(window, app.app_id, staging / window.key)
                     landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
                                       splitter=splitter)
                     split = splitter.finish  # concatenates the de-duplicated campaigns, in the publisher
                 else:
-                    resplit = split_day(lake, app, window)
+                    resplit = split_day(lake, app, window, staging / window.key)
                     landed, split = None, lambda tables=resplit: tables
                     del resplit
             except BaseException:
@@ -309,7 +341,9 @@ def process_days(
             next_day_waiting.clear()
             if not load:
                 day_tables = split()
-                yield DayOutcome(window, landed, day_tables.stats, day_tables.row_counts, None)
+                row_counts = day_tables.row_counts
+                day_tables.discard()
+                yield DayOutcome(window, landed, day_tables.stats, row_counts, None)
                 continue
             pending = (window, landed, publisher.submit(split_and_publish, window, split))
             del split

@@ -5,15 +5,22 @@ compact Arrow record batches per campaign, never as a partition's worth of Pytho
 only campaigns inside the partition window (the API's ``endAt`` may be inclusive), de-duplicates
 each campaign's messages on (campaign_id, recipient) keeping the latest ``last_updated_at``, and
 ``finish()`` returns the tables sorted deterministically so a re-run produces identical files.
+
+Given a staging directory (local disk), each campaign's de-duplicated messages are written there
+as an Arrow IPC file as soon as the campaign is complete, and dropped from memory: a day's message
+tables are then read back campaign by campaign (:meth:`DayTable.reader`) when they are published,
+so memory holds the campaigns being fetched, not the day.
 """
 
 from __future__ import annotations
 
+import shutil
 import threading
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
+from pathlib import Path
 
 import orjson
 import pyarrow as pa
@@ -55,18 +62,68 @@ class SplitStats:
         }
 
 
+class DayTable:
+    """One table's rows for one day, in order: parts that are row tables (the schema without the
+    partition columns), held in memory or staged as Arrow IPC files on local disk. Reading adds
+    ``app_id`` and ``partition_date`` batch by batch, so a staged table is never whole in memory."""
+
+    def __init__(self, schema: pa.Schema, app_id: str, day: date, parts: list[pa.Table | Path] | None = None,
+                 num_rows: int = 0):
+        self.schema = schema
+        self.app_id = app_id
+        self.day = day
+        self.parts: list[pa.Table | Path] = parts or []
+        self.num_rows = num_rows
+
+    def __repr__(self) -> str:
+        return f"DayTable({self.num_rows} rows in {len(self.parts)} parts)"
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The rows as record batches of the table's schema, part by part."""
+        for part in self.parts:
+            if isinstance(part, Path):
+                with pa.OSFile(str(part)) as source:
+                    for batch in pa.ipc.open_stream(source):
+                        yield with_partition_columns(batch, self.schema, self.app_id, self.day)
+            else:
+                for batch in part.to_batches():
+                    yield with_partition_columns(batch, self.schema, self.app_id, self.day)
+
+    def reader(self) -> pa.RecordBatchReader:
+        """A one-pass stream of the rows (for Parquet and DuckDB); each call starts a new pass."""
+        return pa.RecordBatchReader.from_batches(self.schema, self.batches())
+
+    def read_all(self) -> pa.Table:
+        """The whole table in memory: for tests and small days; the pipeline streams :meth:`reader`."""
+        return pa.Table.from_batches(list(self.batches()), schema=self.schema)
+
+
 @dataclass
 class DayTables:
-    """The typed tables of one partition, keyed by table name, plus the split's stats."""
+    """The typed tables of one partition, keyed by table name, plus the split's stats. Staged
+    parts live in ``staging_dir`` until :meth:`discard`."""
 
     day: date
-    tables: dict[str, pa.Table]
+    parts: dict[str, DayTable]
     stats: SplitStats
+    staging_dir: Path | None = None
+
+    @property
+    def tables(self) -> dict[str, pa.Table]:
+        """Every table read whole into memory: for tests and small days (see :meth:`DayTable.reader`)."""
+        return {name: table.read_all() for name, table in self.parts.items()}
 
     @property
     def row_counts(self) -> dict[str, int]:
         """Rows per table."""
-        return {name: table.num_rows for name, table in self.tables.items()}
+        return {name: table.num_rows for name, table in self.parts.items()}
+
+    def discard(self) -> None:
+        """Delete the staged parts (once the day is published); the tables are empty afterwards."""
+        if self.staging_dir is not None:
+            shutil.rmtree(self.staging_dir, ignore_errors=True)
+        for table in self.parts.values():
+            table.parts, table.num_rows = [], 0
 
 
 @dataclass
@@ -120,15 +177,12 @@ class _ColumnBuffer:
         self.batches = []
         return table
 
-    def to_table(self, app_id: str, day: date) -> pa.Table:
-        return with_partition_columns(self.to_row_table(), self.schema, app_id, day)
-
-
-def with_partition_columns(table: pa.Table, schema: pa.Schema, app_id: str, day: date) -> pa.Table:
-    """Add the constant ``app_id`` and ``partition_date`` columns in their schema positions."""
+def with_partition_columns(data, schema: pa.Schema, app_id: str, day: date):
+    """Add the constant ``app_id`` and ``partition_date`` columns to a row table or record batch,
+    in their schema positions, and cast it to ``schema``."""
     for name, value, kind in (("app_id", app_id, pa.string()), ("partition_date", day, pa.date32())):
-        table = table.add_column(schema.get_field_index(name), name, pa.array([value] * table.num_rows, kind))
-    return table.cast(schema)
+        data = data.add_column(schema.get_field_index(name), name, pa.repeat(pa.scalar(value, kind), data.num_rows))
+    return data.cast(schema)
 
 
 def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
@@ -142,9 +196,10 @@ _CAMPAIGN_COLUMNS = schemas.row_schema(schemas.CAMPAIGNS_SCHEMA).names
 class DaySplitter:
     """Split one partition's raw pages into typed tables. Feed summary pages, then detail pages."""
 
-    def __init__(self, window: PartitionWindow, app_id: str):
+    def __init__(self, window: PartitionWindow, app_id: str, staging_dir: str | Path | None = None):
         self.window = window
         self.app_id = app_id
+        self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self.stats = SplitStats()
         self._campaign_channels: dict[str, str] = {}
         self._campaigns = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
@@ -152,7 +207,10 @@ class DaySplitter:
         # its pages are in (duplicates only occur within one campaign's listing), so the day's
         # table is its campaigns in id order, with no day-sized sort or copy.
         self._open_campaigns: dict[str, _ColumnBuffer] = {}
-        self._finished_campaigns: dict[str, pa.Table] = {}
+        # campaign id -> (its de-duplicated row table, or the IPC file it is staged in; its rows)
+        self._finished_campaigns: dict[str, tuple[pa.Table | Path, int]] = {}
+        self._statuses: dict[str, set[str]] = {}  # channel -> statuses seen
+        self._staged_files = 0
         self._rejected: list[tuple] = []
         self._lock = threading.Lock()
 
@@ -265,17 +323,28 @@ class DaySplitter:
                 buffer.append(row)
 
     def finish_campaign(self, history_id: str) -> None:
-        """De-duplicate and sort one campaign whose pages are all in (thread-safe; the sort runs
-        outside the lock, so fetch threads finish their campaigns in parallel)."""
+        """De-duplicate and sort one campaign whose pages are all in, and stage it to disk when the
+        splitter has a staging directory (thread-safe; the work runs outside the lock, so fetch
+        threads finish their campaigns in parallel)."""
         with self._lock:
             buffer = self._open_campaigns.pop(history_id, None)
         if buffer is None:
             return
         table = buffer.to_row_table()
         deduplicated = deduplicate_latest(table, ("campaign_id", "recipient"), "last_updated_at")
+        statuses = set(pc.unique(deduplicated["status"]).drop_null().to_pylist())
+        part: pa.Table | Path = deduplicated
+        if self.staging_dir is not None:
+            self.staging_dir.mkdir(parents=True, exist_ok=True)
+            with self._lock:
+                self._staged_files += 1
+                part = self.staging_dir / f"campaign-{self._staged_files:06d}.arrow"
+            with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_stream(sink, deduplicated.schema) as writer:
+                writer.write_table(deduplicated)
         with self._lock:
             self.stats.duplicate_messages_dropped += table.num_rows - deduplicated.num_rows
-            self._finished_campaigns[history_id] = deduplicated
+            self._statuses.setdefault(self._campaign_channels[history_id], set()).update(statuses)
+            self._finished_campaigns[history_id] = (part, deduplicated.num_rows)
 
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1
@@ -283,33 +352,35 @@ class DaySplitter:
         self._rejected.append((endpoint, channel, campaign_id, reason, raw))
 
     def finish(self) -> DayTables:
-        """Build the day's tables: de-duplicated, sorted, typed by the declared schemas."""
+        """Build the day's tables: de-duplicated, sorted, typed by the declared schemas. Message
+        tables are their campaigns in id order (staged ones stay on disk until read)."""
         day, app_id = self.window.day, self.app_id
-        tables = {schemas.CAMPAIGNS.name: _sorted(self._campaigns.to_table(app_id, day), schemas.CAMPAIGNS)}
+        parts = {schemas.CAMPAIGNS.name: DayTable(schemas.CAMPAIGNS.schema, app_id, day)}
+        campaigns = _sorted(self._campaigns.to_row_table(), schemas.CAMPAIGNS)
+        parts[schemas.CAMPAIGNS.name].parts, parts[schemas.CAMPAIGNS.name].num_rows = [campaigns], campaigns.num_rows
         for history_id in list(self._open_campaigns):
             self.finish_campaign(history_id)
         for spec in schemas.MESSAGE_TABLES:
             channel = settings.CHANNEL_SMS if spec is schemas.SMS_MESSAGES else settings.CHANNEL_WHATSAPP
-            row_schema = schemas.row_schema(spec.schema)
-            campaigns = [self._finished_campaigns.pop(cid) for cid in sorted(self._finished_campaigns)
-                         if self._campaign_channels[cid] == channel]
-            table = pa.concat_tables(campaigns) if campaigns else row_schema.empty_table()
-            del campaigns
-            table = with_partition_columns(table, spec.schema, app_id, day)
-            unknown = set(pc.unique(table["status"]).drop_null().to_pylist()) - set(
+            finished = [self._finished_campaigns.pop(cid) for cid in sorted(self._finished_campaigns)
+                        if self._campaign_channels[cid] == channel]
+            parts[spec.name] = DayTable(spec.schema, app_id, day, [part for part, rows in finished if rows],
+                                        sum(rows for _, rows in finished))
+            unknown = self._statuses.get(channel, set()) - set(
                 settings.SMS_STATUSES if channel == settings.CHANNEL_SMS else settings.WHATSAPP_STATUSES
             )
             if unknown:
                 self.stats.unknown_statuses[channel] = unknown
-            tables[spec.name] = table
-        tables[schemas.REJECTED_RECORDS.name] = _sorted(self._rejected_table(app_id, day), schemas.REJECTED_RECORDS)
-        return DayTables(day=day, tables=tables, stats=self.stats)
+        rejected = _sorted(self._rejected_row_table(), schemas.REJECTED_RECORDS)
+        parts[schemas.REJECTED_RECORDS.name] = DayTable(schemas.REJECTED_RECORDS.schema, app_id, day, [rejected],
+                                                        rejected.num_rows)
+        return DayTables(day=day, parts=parts, stats=self.stats, staging_dir=self.staging_dir)
 
-    def _rejected_table(self, app_id: str, day: date) -> pa.Table:
+    def _rejected_row_table(self) -> pa.Table:
         columns = list(zip(*self._rejected, strict=True)) if self._rejected else [[]] * 5
         names = ["endpoint", "channel", "campaign_id", "reason", "raw_record"]
-        table = pa.table({name: pa.array(values, pa.string()) for name, values in zip(names, columns, strict=True)})
-        return with_partition_columns(table, schemas.REJECTED_RECORDS_SCHEMA, app_id, day)
+        return pa.table({name: pa.array(values, pa.string()) for name, values in zip(names, columns, strict=True)},
+                        schema=schemas.row_schema(schemas.REJECTED_RECORDS_SCHEMA))
 
 
 def _safe_id(record) -> str | None:
@@ -319,9 +390,11 @@ def _safe_id(record) -> str | None:
 
 
 def _sorted(table: pa.Table, spec: schemas.TableSpec) -> pa.Table:
+    """``table`` in its spec's order (a row table: the constant partition columns are not in it)."""
     if table.num_rows == 0:
         return table
-    return table.take(pc.sort_indices(table, sort_keys=[(c, "ascending") for c in spec.sort_columns]))
+    keys = [(c, "ascending") for c in spec.sort_columns if c in table.schema.names]
+    return table.take(pc.sort_indices(table, sort_keys=keys))
 
 
 def deduplicate_latest(table: pa.Table, key_columns: tuple[str, ...], order_column: str) -> pa.Table:

@@ -113,12 +113,13 @@ class Warehouse:
     def replace_partition(
         self,
         day: date,
-        tables: Mapping[str, pa.Table],
+        tables: Mapping[str, pa.Table | pa.RecordBatchReader],
         app_id: str,
         after_commit: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
         session: WriterSession | None = None,
     ) -> dict[str, int]:
-        """Replace (``app_id``, ``day``) in every given table, in one transaction. Returns rows
+        """Replace (``app_id``, ``day``) in every given table, in one transaction. Each table's rows
+        are a table or a stream of record batches, inserted as they are read. Returns rows
         inserted per table. ``after_commit`` (e.g. the day's checks) runs on the same connection
         once the day is committed, saving a second open of the file. With a ``session`` (see
         :meth:`writer_session`) its connection is used instead of opening one."""
@@ -126,15 +127,15 @@ class Warehouse:
         with contextlib.nullcontext(session.connection()) if session is not None else self.writer() as con:
             con.execute("BEGIN TRANSACTION")
             try:
-                for name, table in tables.items():
+                for name, rows in tables.items():
                     spec = schemas.TABLES[name]
-                    if table.schema != spec.schema:
-                        table = table.cast(spec.schema)
+                    if rows.schema != spec.schema:
+                        rows = rows.cast(spec.schema)
                     con.execute(f'DELETE FROM "{spec.name}" WHERE partition_date = ? AND app_id = ?', [day, app_id])
-                    con.register("incoming_partition", table)
-                    con.execute(f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition')
+                    con.register("incoming_partition", rows)
+                    (inserted[name],) = con.execute(
+                        f'INSERT INTO "{spec.name}" SELECT * FROM incoming_partition').fetchone()
                     con.unregister("incoming_partition")
-                    inserted[name] = table.num_rows
                 # Applies to this load's checkpoint (at COMMIT when the WAL is past DuckDB's threshold,
                 # else when the connection closes: in a writer session, the last load's setting counts).
                 if max(inserted.values(), default=0) >= _NO_VACUUM_MIN_ROWS:

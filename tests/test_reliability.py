@@ -136,7 +136,7 @@ def assert_readers_see_only_complete_files(data_dir: Path, allow_hidden_temps: b
     """Every visible file has an expected name and place and reads completely; hidden temps only if allowed."""
     for path in files_under(data_dir):
         rel = path.relative_to(data_dir)
-        if path.name.startswith(".") and TEMP_MARK in path.name:
+        if path.name.startswith(".") and TEMP_MARK in path.name or rel.parts[0].startswith(".staging-"):
             assert allow_hidden_temps, f"temporary file left behind: {rel}"
             continue
         if len(rel.parts) == 1:
