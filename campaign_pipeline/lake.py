@@ -33,7 +33,7 @@ DEFAULT_APP_KEY = "default"
 RAW_CODEC, RAW_CODEC_SUFFIX = "zstd", "zst"
 _TEMP_MARK = ".tmp-"
 #: Rows buffered before a streamed Parquet write emits a row group (bounds its memory).
-PARQUET_ROW_GROUP_ROWS = 65_536
+PARQUET_ROW_GROUP_ROWS = 16_384
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from campaign_pipeline import columnar, quality, records, reporting
+from campaign_pipeline import columnar, memory, quality, records, reporting, settings
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.errors import CampaignPipelineError
 from campaign_pipeline.lake import Lake, pid_alive
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[str], None]
 #: Detail pages of one campaign typed together (fewer Arrow calls) while bounding the bodies held.
-TYPING_BATCH_PAGES = 8
+TYPING_BATCH_PAGES = 4
 _STAGING_PREFIX = ".staging-"
 
 
@@ -97,7 +97,7 @@ def land_day(
     lake: Lake,
     app: AppRef,
     window: PartitionWindow,
-    workers: int = 8,
+    workers: int = settings.DEFAULT_FETCH_WORKERS,
     progress: ProgressCallback | None = None,
     hasher: RecipientHasher | None = None,
     splitter: DaySplitter | None = None,
@@ -281,7 +281,7 @@ def process_days(
     client: CinnoxClient | None,
     *,
     load: bool = True,
-    workers: int = 8,
+    workers: int = settings.DEFAULT_FETCH_WORKERS,
     hasher: RecipientHasher | None = None,
     refetch_summary: Callable[[PartitionWindow], list] | None = None,
     rejected_threshold: float = quality.DEFAULT_REJECTED_RATIO_THRESHOLD,
@@ -298,6 +298,7 @@ def process_days(
     outcome of a day already being published is still yielded before the failure is raised.
     """
 
+    memory.limit_allocator_arenas()  # before the fetch and publish threads start
     next_day_waiting = threading.Event()  # set while a landed day waits for the publisher
 
     def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple:
@@ -309,6 +310,7 @@ def process_days(
                                               session)
         finally:
             day_tables.discard()
+            memory.release_free_memory()  # the day's buffers, before the next day's grow
         if not next_day_waiting.is_set():
             session.release()  # idle while the next day is fetched: readers may open the file meanwhile
         return day_tables.stats, row_counts, published

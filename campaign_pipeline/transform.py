@@ -31,6 +31,7 @@ from campaign_pipeline.columnar import clean_page_batch, typed_detail_batch
 from campaign_pipeline.windows import PartitionWindow
 
 _BATCH_ROWS = 20_000
+_STAGED_BATCH_ROWS = 4_096  # rows per record batch of a staged campaign
 
 
 @dataclass
@@ -331,20 +332,23 @@ class DaySplitter:
         if buffer is None:
             return
         table = buffer.to_row_table()
-        deduplicated = deduplicate_latest(table, ("campaign_id", "recipient"), "last_updated_at")
-        statuses = set(pc.unique(deduplicated["status"]).drop_null().to_pylist())
-        part: pa.Table | Path = deduplicated
-        if self.staging_dir is not None:
+        kept = latest_row_indices(table, ("campaign_id", "recipient"), "last_updated_at")
+        statuses = set(pc.unique(table["status"].take(kept)).drop_null().to_pylist())
+        if self.staging_dir is None:
+            part: pa.Table | Path = table.take(kept)
+        else:
             self.staging_dir.mkdir(parents=True, exist_ok=True)
             with self._lock:
                 self._staged_files += 1
                 part = self.staging_dir / f"campaign-{self._staged_files:06d}.arrow"
-            with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_stream(sink, deduplicated.schema) as writer:
-                writer.write_table(deduplicated)
+            # Written in slices, so the campaign is never held twice (as it arrived and as kept).
+            with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+                for start in range(0, len(kept), _STAGED_BATCH_ROWS):
+                    writer.write_table(table.take(kept.slice(start, _STAGED_BATCH_ROWS)))
         with self._lock:
-            self.stats.duplicate_messages_dropped += table.num_rows - deduplicated.num_rows
+            self.stats.duplicate_messages_dropped += table.num_rows - len(kept)
             self._statuses.setdefault(self._campaign_channels[history_id], set()).update(statuses)
-            self._finished_campaigns[history_id] = (part, deduplicated.num_rows)
+            self._finished_campaigns[history_id] = (part, len(kept))
 
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1
@@ -399,10 +403,17 @@ def _sorted(table: pa.Table, spec: schemas.TableSpec) -> pa.Table:
 
 def deduplicate_latest(table: pa.Table, key_columns: tuple[str, ...], order_column: str) -> pa.Table:
     """Keep one row per key: the one with the greatest ``order_column`` (nulls lowest), ties to the
-    row that arrived last. The result is sorted by the key columns. Sorts only the key columns and
-    takes the kept rows of the table once, so the day is copied once, not twice."""
+    row that arrived last. The result is sorted by the key columns."""
     if table.num_rows == 0:
         return table
+    return table.take(latest_row_indices(table, key_columns, order_column))
+
+
+def latest_row_indices(table: pa.Table, key_columns: tuple[str, ...], order_column: str) -> pa.Array:
+    """Indices of the rows :func:`deduplicate_latest` keeps, in key order. Sorts only the key
+    columns, so the caller can take the kept rows slice by slice instead of copying the table."""
+    if table.num_rows == 0:
+        return pa.array([], pa.int64())
     arrival = pa.array(range(table.num_rows), pa.int64())
     keys = pa.table({**{c: table[c] for c in key_columns}, order_column: table[order_column], "__arrival": arrival})
     sort_keys = [(c, "ascending") for c in key_columns]
@@ -415,4 +426,4 @@ def deduplicate_latest(table: pa.Table, key_columns: tuple[str, ...], order_colu
         keep = changed if keep is None else pc.or_(keep, changed)
     del keys
     keep = pa.concat_arrays([pa.array([True]), keep]) if keep is not None else pa.array([True])
-    return table.take(indices.filter(keep))
+    return indices.filter(keep)

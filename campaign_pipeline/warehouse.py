@@ -37,7 +37,7 @@ _READER_WINDOW_S = 0.5  # how long a writer session leaves the file free when it
 _META_TABLE = "_campaign_pipeline_meta"
 # A day's load is small; cap DuckDB's buffer pool so a backfill's memory stays flat (it spills to
 # disk beyond this) and use few threads on small machines.
-_WRITER_SETTINGS = {"memory_limit": "128MB", "threads": "2"}
+_WRITER_SETTINGS = {"memory_limit": "32MB", "threads": "2", "allocator_flush_threshold": "8MB"}
 # DuckDB stores a table in row groups of 122,880 rows, and a load's rows go to new row groups at
 # commit. When a load's largest table fills at least half of one, the checkpoint skips the vacuum,
 # which re-packs neighbouring row groups: the previous day's tail plus this day, rewritten and
