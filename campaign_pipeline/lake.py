@@ -121,8 +121,8 @@ class Lake:
     def write_parquet(self, table_name: str, day: date, data: pa.Table | pa.RecordBatchReader,
                       app_key: str = DEFAULT_APP_KEY) -> str:
         """Atomically replace one table's day (for one app) with ``data``, a table or a stream of
-        record batches written as it is read, in row groups of about ``PARQUET_ROW_GROUP_ROWS``
-        rows. An empty table is written too, so a day that lost all its rows does not keep stale
+        record batches written as it is read, in row groups of ``PARQUET_ROW_GROUP_ROWS`` rows
+        (the last one smaller). An empty table is written too, so a day that lost all its rows does not keep stale
         ones. Returns the path."""
         path = self.parquet_path(table_name, day, app_key)
         reader = data.to_reader() if isinstance(data, pa.Table) else data
@@ -132,9 +132,11 @@ class Lake:
             for batch in reader:
                 pending.append(batch)
                 pending_rows += batch.num_rows
-                if pending_rows >= PARQUET_ROW_GROUP_ROWS:
-                    out.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
-                    pending, pending_rows = [], 0
+                while pending_rows >= PARQUET_ROW_GROUP_ROWS:
+                    buffered = pa.Table.from_batches(pending)
+                    out.write_table(buffered.slice(0, PARQUET_ROW_GROUP_ROWS), row_group_size=PARQUET_ROW_GROUP_ROWS)
+                    rest = buffered.slice(PARQUET_ROW_GROUP_ROWS)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
             if pending_rows:
                 out.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
         return path

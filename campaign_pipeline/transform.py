@@ -334,7 +334,7 @@ class DaySplitter:
         table = buffer.to_row_table()
         kept = latest_row_indices(table, ("campaign_id", "recipient"), "last_updated_at")
         statuses = set(pc.unique(table["status"].take(kept)).drop_null().to_pylist())
-        if self.staging_dir is None:
+        if self.staging_dir is None or not len(kept):
             part: pa.Table | Path = table.take(kept)
         else:
             self.staging_dir.mkdir(parents=True, exist_ok=True)
