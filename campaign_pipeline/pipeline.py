@@ -327,6 +327,7 @@ def process_days(
                     splitter = DaySplitter(window, app.app_id, staging / window.key)
                     landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
                                       splitter=splitter)
+                    memory.release_free_memory()  # the pages and campaign buffers just freed
                     split = splitter.finish  # concatenates the de-duplicated campaigns, in the publisher
                 else:
                     resplit = split_day(lake, app, window, staging / window.key)
