@@ -1321,7 +1321,7 @@ def render_markdown(plan: Plan, results: dict) -> str:
         (
             "* a: `benchmarks/bare_fetch.py` (one `requests.Session`, sequential, `response.json()`, stops after a "
             "short page). b: `campaign-pipeline backfill` into a fresh data dir, `CINNOX_RATE_LIMIT_PER_MIN=1000000`, "
-            "default 4 fetch workers. c/d: `benchmarks/dlt_contender.py` (dlt `rest_api`, offset paginator `limit=500`, "
+            "default fetch workers (one per core, 2 here). c/d: `benchmarks/dlt_contender.py` (dlt `rest_api`, offset paginator `limit=500`, "
             "`total_path: None` since the API has no totals, bearer auth, `data_selector: result`, DuckDB; d adds "
             "`parallelized: True`; dlt telemetry off, everything else default)."
         ),

@@ -4,7 +4,7 @@ Layers, imported one way only (left may import right, never the reverse)::
 
     definitions, orchestration (Dagster) -> runner -> config, pipeline -> quality, reporting
         -> warehouse, lake -> transform -> columnar -> records, schemas -> client, pii, windows
-        -> crashpoints, settings, errors
+        -> crashpoints, memory, settings, errors
 
 Only :mod:`campaign_pipeline.definitions` and :mod:`campaign_pipeline.orchestration` import
 ``dagster``. The simulator is a separate, independent implementation of the CINNOX API and imports

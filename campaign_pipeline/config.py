@@ -16,7 +16,7 @@ Environment (see ``.env.example``)::
     CAMPAIGN_PARTITION_START  first partition, YYYY-MM-DD, default 2024-01-01
     CAMPAIGN_PARTITION_TZ     IANA timezone of the day boundaries, default UTC
     CAMPAIGN_LOOKBACK_DAYS    days the daily schedule re-materializes, default 3
-    CAMPAIGN_FETCH_WORKERS    parallel detail fetches, default 4
+    CAMPAIGN_FETCH_WORKERS    parallel detail fetches, default: usable CPU cores, 2-8
     CAMPAIGN_PII_MODE         raw (default) | hash: recipients as HMAC-SHA256, SMS content dropped
     CAMPAIGN_PII_SALT         the HMAC key, required with CAMPAIGN_PII_MODE=hash (a secret)
     CINNOX_READ_TIMEOUT_S     per-request read timeout, default 30
