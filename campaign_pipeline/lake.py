@@ -7,12 +7,14 @@ Layout under the lake root (``<app>`` is the app's key, ``default`` for a single
 
 Every file is written atomically: to a hidden temporary name beside its final path (readers of
 hive datasets skip names starting with ``.``), then renamed over the final name. On object
-stores, where a single PUT is already atomic, the file is written to its final key directly.
+stores, where a single upload is already atomic, the file is written to a local temporary file
+and uploaded to its final key only once it is complete.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,6 +34,7 @@ DEFAULT_APP_KEY = "default"
 # keeps landing off the critical path; `zstdcat` or pyarrow/DuckDB read it.
 RAW_CODEC, RAW_CODEC_SUFFIX = "zstd", "zst"
 _TEMP_MARK = ".tmp-"
+_UPLOAD_CHUNK_BYTES = 8 << 20
 #: Rows buffered before a streamed Parquet write emits a row group (bounds its memory).
 PARQUET_ROW_GROUP_ROWS = 16_384
 
@@ -102,8 +105,16 @@ class Lake:
         directory = path.rsplit("/", 1)[0]
         self.fs.create_dir(directory, recursive=True)
         if not self.is_local:
-            with self.fs.open_output_stream(path, compression=None) as stream:
-                yield stream
+            # Written to a local temporary file first and uploaded only once complete: closing an
+            # object-store stream completes the upload, so a write that failed halfway (a
+            # streamed source that raised) would otherwise replace the object with a truncated one.
+            with tempfile.TemporaryDirectory(prefix="campaign-upload-") as scratch:
+                local = os.path.join(scratch, "object")
+                with pa.OSFile(local, "wb") as stream:
+                    yield stream
+                with pa.OSFile(local, "rb") as source, self.fs.open_output_stream(path, compression=None) as target:
+                    while chunk := source.read(_UPLOAD_CHUNK_BYTES):
+                        target.write(chunk)
             return
         _remove_orphaned_temps(directory)
         temp = f"{directory}/.{path.rsplit('/', 1)[1]}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
@@ -233,7 +244,7 @@ def pid_alive(pid: int) -> bool:
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):
         return False
     except PermissionError:
         return True

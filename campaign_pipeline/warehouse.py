@@ -38,9 +38,10 @@ _META_TABLE = "_campaign_pipeline_meta"
 # Cap the writer's buffer pool so a backfill's memory does not grow with the size of its days: a
 # load streams in, and DuckDB writes what exceeds the cap to the file or its temp directory
 # (measured: about 60 MB less peak RSS for a 10x backfill than 128 MB, at the same speed). The
-# checks run on this connection too; their aggregates spill the same way. Few threads on small
-# machines.
+# checks that run after a load get _CHECKS_MEMORY_LIMIT (see replace_partition). Few threads on
+# small machines.
 _WRITER_SETTINGS = {"memory_limit": "32MB", "threads": "2"}
+_CHECKS_MEMORY_LIMIT = "1GB"
 # DuckDB stores a table in row groups of 122,880 rows, and a load's rows go to new row groups at
 # commit. When a load's largest table fills at least half of one, the checkpoint skips the vacuum,
 # which re-packs neighbouring row groups: the previous day's tail plus this day, rewritten and
@@ -151,7 +152,13 @@ class Warehouse:
                 con.execute("ROLLBACK")
                 raise
             if after_commit is not None:
-                after_commit(con)
+                # The checks group a whole day (e.g. every recipient of it); unlike a load they
+                # cannot stream, so they get a larger cap (32 MB failed them at ~3M rows a day).
+                con.execute(f"SET memory_limit = '{_CHECKS_MEMORY_LIMIT}'")
+                try:
+                    after_commit(con)
+                finally:
+                    con.execute(f"SET memory_limit = '{_WRITER_SETTINGS['memory_limit']}'")
         return inserted
 
 

@@ -6,11 +6,12 @@ import socket
 from datetime import timedelta
 
 import boto3
+import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
 from moto.server import ThreadedMotoServer
 
-from campaign_pipeline.lake import s3_filesystem
+from campaign_pipeline.lake import Lake, s3_filesystem
 from campaign_pipeline.orchestration.backfill import run_backfill
 from tests.conftest import FIRST_DAY, pipeline_env, table_fingerprint
 
@@ -58,3 +59,21 @@ def test_s3_lake_tables_match_a_local_disk_run(simulator, s3_endpoint, tmp_path,
     before = table_fingerprint(s3_dir / "warehouse.duckdb")
     assert run_backfill(START, END, resplit_only=True).success
     assert table_fingerprint(s3_dir / "warehouse.duckdb") == before
+
+
+def test_a_write_that_fails_halfway_leaves_the_previous_object_intact(s3_endpoint, monkeypatch):
+    """Closing an S3 stream completes the upload, so a streamed Parquet write whose source raises
+    must not reach the bucket: the previous version of the day stays whole."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    lake = Lake("s3://campaign-lake/halfway", s3_endpoint_url=s3_endpoint, s3_region="us-east-1")
+    table = pa.table({"n": pa.array(range(100_000), pa.int64())})
+    path = lake.write_parquet("t", FIRST_DAY, table)
+
+    def failing_batches():
+        yield from table.slice(0, 40_000).to_batches(max_chunksize=4_096)
+        raise OSError("staged file unreadable")
+
+    with pytest.raises(OSError, match="unreadable"):
+        lake.write_parquet("t", FIRST_DAY, pa.RecordBatchReader.from_batches(table.schema, failing_batches()))
+    assert lake.read_parquet("t", FIRST_DAY).equals(table), path

@@ -163,3 +163,22 @@ def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tm
     out, _ = probe.communicate(timeout=60)
     assert out.strip(), "the reader never got in"
     assert float(out.strip()) < run_ended_at, "the reader got in only after the run"
+
+
+def _memory_limit_bytes(con) -> float:
+    number, unit = con.execute("SELECT current_setting('memory_limit')").fetchone()[0].split()
+    return float(number) * {"KiB": 2**10, "MiB": 2**20, "GiB": 2**30}[unit]
+
+
+def test_checks_after_a_load_get_a_larger_memory_cap_than_the_load(tmp_path):
+    """A load streams within the writer's small cap; the day's checks group a whole day and cannot,
+    so ``after_commit`` runs with the larger cap (32 MB made them fail at ~3M rows a day), and the
+    next load in the same session is capped again."""
+    wh = Warehouse(tmp_path / "warehouse.duckdb")
+    seen: list[float] = []
+    with wh.writer_session() as session:
+        wh.replace_partition(DAYS[0], day_tables(DAYS[0], 10), APP, session=session,
+                             after_commit=lambda con: seen.append(_memory_limit_bytes(con)))
+        after = _memory_limit_bytes(session.connection())
+    assert seen[0] >= 0.9 * 2**30
+    assert after <= 40 * 2**20
