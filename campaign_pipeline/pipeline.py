@@ -24,10 +24,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from campaign_pipeline import columnar, memory, quality, records, reporting, settings
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.errors import CampaignPipelineError
-from campaign_pipeline.lake import Lake, pid_alive
+from campaign_pipeline.lake import Lake
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
 from campaign_pipeline.warehouse import Warehouse, WriterSession, ensure_views
@@ -39,6 +41,7 @@ ProgressCallback = Callable[[str], None]
 #: Detail pages of one campaign typed together (fewer Arrow calls) while bounding the bodies held.
 TYPING_BATCH_PAGES = 4
 _STAGING_PREFIX = ".staging-"
+_STAGING_OWNER_LOCK = ".owner.lock"
 
 
 @dataclass(frozen=True)
@@ -258,19 +261,40 @@ class DayOutcome:
 
 @contextmanager
 def staging_area(parent: Path) -> Iterator[Path]:
-    """A private scratch directory under ``parent`` (local disk, beside the warehouse) for one
-    run's staged campaigns, removed when the block ends. Directories left by runs that were killed
-    (their process is gone) are removed first."""
+    """A private scratch directory under ``parent`` (beside the warehouse) for one run's staged
+    campaigns, removed when the block ends.
+
+    The run holds a file lock inside it for as long as it lives (taken before the directory gets
+    its ``.staging-`` name), so other runs, in this container or another one sharing the volume,
+    can tell a live area from one left by a killed run: on entry, every area whose lock can be
+    taken is removed.
+    """
     parent.mkdir(parents=True, exist_ok=True)
-    for stale in parent.glob(f"{_STAGING_PREFIX}*"):
-        pid = stale.name[len(_STAGING_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    path = Path(tempfile.mkdtemp(prefix=f"{_STAGING_PREFIX}{os.getpid()}-", dir=parent))
+    _remove_abandoned_staging_areas(parent)
+    setup = Path(tempfile.mkdtemp(prefix=f".setup{_STAGING_PREFIX}{os.getpid()}-", dir=parent))
+    owner = FileLock(str(setup / _STAGING_OWNER_LOCK), thread_local=False)
+    owner.acquire()
+    path = parent / setup.name.removeprefix(".setup")
     try:
+        setup.rename(path)
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+        shutil.rmtree(setup, ignore_errors=True)
+        owner.release()
+
+
+def _remove_abandoned_staging_areas(parent: Path) -> None:
+    for area in parent.glob(f"{_STAGING_PREFIX}*"):
+        try:
+            lock = FileLock(str(area / _STAGING_OWNER_LOCK), timeout=0, thread_local=False)
+            lock.acquire()
+        except (Timeout, OSError):
+            continue  # its run still holds it (or it vanished meanwhile)
+        try:
+            shutil.rmtree(area, ignore_errors=True)
+        finally:
+            lock.release()
 
 
 def process_days(
@@ -328,7 +352,7 @@ def process_days(
                     landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
                                       splitter=splitter)
                     memory.release_free_memory()  # the pages and campaign buffers just freed
-                    split = splitter.finish  # concatenates the de-duplicated campaigns, in the publisher
+                    split = splitter.finish  # builds the day's tables from its staged campaigns, in the publisher
                 else:
                     resplit = split_day(lake, app, window, staging / window.key)
                     landed, split = None, lambda tables=resplit: tables

@@ -328,7 +328,8 @@ def test_staging_area_is_fresh_and_removed_at_exit(tmp_path):
     """The area is a new, empty directory under the (created) parent, gone after the block."""
     parent = tmp_path / "data"
     with pipeline.staging_area(parent) as first:
-        assert first.parent == parent and first.is_dir() and list(first.iterdir()) == []
+        assert first.parent == parent and first.is_dir()
+        assert [p.name for p in first.iterdir()] == [".owner.lock"]  # held while the run lives
         assert first.name.startswith(f".staging-{os.getpid()}-")
         (first / "2024-05-01").mkdir()
         (first / "2024-05-01" / "campaign-000001.arrow").write_bytes(b"x" * 100)
@@ -349,28 +350,49 @@ def test_staging_area_is_removed_when_the_block_raises(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def _hold_owner_lock(area: Path) -> subprocess.Popen:
+    """Another live process holding ``area``'s owner lock (as a running backfill does)."""
+    code = textwrap.dedent(f"""
+        import sys, time
+        from filelock import FileLock
+        lock = FileLock({str(area / ".owner.lock")!r}, thread_local=False)
+        lock.acquire()
+        print("locked", flush=True)
+        time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
 def test_staging_area_removes_areas_of_dead_processes_only(tmp_path):
-    """On entry, a ``.staging-<pid>-*`` directory whose process is gone is removed; this process's
-    and another live process's are kept, and so is anything not named like a staging area."""
+    """On entry, a ``.staging-*`` directory whose owner lock nobody holds (its run was killed) is
+    removed, whatever pid its name carries; one whose lock a live process holds is kept (it may run
+    in another container sharing the volume), and so is anything not named like a staging area."""
     dead = tmp_path / f".staging-{_exited_pid()}-abc123"
     (dead / "2024-05-01").mkdir(parents=True)
     (dead / "2024-05-01" / "campaign-000001.arrow").write_bytes(b"stale")
-    mine = tmp_path / f".staging-{os.getpid()}-keep"
-    mine.mkdir()
+    (dead / ".owner.lock").touch()
+    reused_pid = tmp_path / f".staging-{os.getpid()}-killed"  # a killed run whose pid is now ours
+    reused_pid.mkdir()
     other = tmp_path / "not-staging"
     other.mkdir()
-    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    live = tmp_path / ".staging-4242424-elsewhere"  # a pid from another container's namespace
+    live.mkdir()
+    holder = _hold_owner_lock(live)
     try:
-        live = tmp_path / f".staging-{sleeper.pid}-busy"
-        live.mkdir()
         with pipeline.staging_area(tmp_path) as area:
-            assert not dead.exists()
-            assert mine.is_dir() and live.is_dir() and other.is_dir()
-            assert area.is_dir() and area != mine
-        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([mine.name, live.name, other.name])
+            assert not dead.exists() and not reused_pid.exists()
+            assert live.is_dir() and other.is_dir()
+            assert area.is_dir() and area.name.startswith(".staging-")
+            with pipeline.staging_area(tmp_path) as second:  # a second run keeps the first one's area
+                assert area.is_dir() and second.is_dir() and second != area
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, other.name])
     finally:
-        sleeper.kill()
-        sleeper.wait()
+        holder.kill()
+        holder.wait()
+    with pipeline.staging_area(tmp_path):  # its holder is gone now
+        assert not live.exists()
 
 
 # --- 6. process_days cleans up after itself ---------------------------------------------------------
