@@ -3,8 +3,8 @@
 A backfill allocates and frees page bodies, Arrow buffers and DuckDB vectors from several threads.
 glibc's malloc gives each thread its own arena (up to 8 per core) and keeps freed memory inside
 them, so the resident size grows with the number of threads and the size of the days, not with
-what is live. Two arenas and a trim after each landed and each published day keep the peak flat (measured in
-``benchmarks/RESULTS.md``). Both are no-ops where the C library is not glibc.
+what is live. Two arenas and a trim after each landed and each published day keep the peak flat
+(measured in ``benchmarks/RESULTS.md``). Both are no-ops where the C library is not glibc.
 """
 
 from __future__ import annotations

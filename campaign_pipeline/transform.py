@@ -6,7 +6,7 @@ only campaigns inside the partition window (the API's ``endAt`` may be inclusive
 each campaign's messages on (campaign_id, recipient) keeping the latest ``last_updated_at``, and
 ``finish()`` returns the tables sorted deterministically so a re-run produces identical files.
 
-Given a staging directory (local disk), each campaign's de-duplicated messages are written there
+Given a staging directory (beside the warehouse), each campaign's de-duplicated messages are written there
 as an Arrow IPC file as soon as the campaign is complete, and dropped from memory: a day's message
 tables are then read back campaign by campaign (:meth:`DayTable.reader`) when they are published,
 so memory holds the campaigns being fetched, not the day.
@@ -65,7 +65,7 @@ class SplitStats:
 
 class DayTable:
     """One table's rows for one day, in order: parts that are row tables (the schema without the
-    partition columns), held in memory or staged as Arrow IPC files on local disk. Reading adds
+    partition columns), held in memory or staged as Arrow IPC files on disk. Reading adds
     ``app_id`` and ``partition_date`` batch by batch, so a staged table is never whole in memory."""
 
     def __init__(self, schema: pa.Schema, app_id: str, day: date, parts: list[pa.Table | Path] | None = None,
