@@ -34,7 +34,6 @@ DEFAULT_APP_KEY = "default"
 # keeps landing off the critical path; `zstdcat` or pyarrow/DuckDB read it.
 RAW_CODEC, RAW_CODEC_SUFFIX = "zstd", "zst"
 _TEMP_MARK = ".tmp-"
-_UPLOAD_CHUNK_BYTES = 8 << 20
 #: Rows buffered before a streamed Parquet write emits a row group (bounds its memory).
 PARQUET_ROW_GROUP_ROWS = 16_384
 
@@ -112,9 +111,7 @@ class Lake:
                 local = os.path.join(scratch, "object")
                 with pa.OSFile(local, "wb") as stream:
                     yield stream
-                with pa.OSFile(local, "rb") as source, self.fs.open_output_stream(path, compression=None) as target:
-                    while chunk := source.read(_UPLOAD_CHUNK_BYTES):
-                        target.write(chunk)
+                pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
             return
         _remove_orphaned_temps(directory)
         temp = f"{directory}/.{path.rsplit('/', 1)[1]}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
@@ -132,9 +129,9 @@ class Lake:
     def write_parquet(self, table_name: str, day: date, data: pa.Table | pa.RecordBatchReader,
                       app_key: str = DEFAULT_APP_KEY) -> str:
         """Atomically replace one table's day (for one app) with ``data``, a table or a stream of
-        record batches written as it is read, in row groups of ``PARQUET_ROW_GROUP_ROWS`` rows
-        (the last one smaller). An empty table is written too, so a day that lost all its rows does not keep stale
-        ones. Returns the path."""
+        record batches written as it is read, in row groups of ``PARQUET_ROW_GROUP_ROWS`` rows (the
+        last one smaller). An empty table is written too, so a day that lost all its rows does not
+        keep stale ones. Returns the path."""
         path = self.parquet_path(table_name, day, app_key)
         reader = data.to_reader() if isinstance(data, pa.Table) else data
         with self._atomic_output(path) as stream, pq.ParquetWriter(stream, reader.schema, compression="zstd") as out:
