@@ -134,7 +134,7 @@ def run_range(
         outcome.success = False
         outcome.failure = outcome.failure or "a blocking asset check failed; the views were not refreshed"
     if outcome.success:
-        pipeline.refresh_views(warehouse)
+        pipeline.refresh_views(warehouse, preview_days=0)  # the CLI prints no preview: no reader to open
     return outcome
 
 

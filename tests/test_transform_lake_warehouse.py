@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from datetime import date
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 
 from campaign_pipeline import schemas
 from campaign_pipeline.lake import Lake
-from campaign_pipeline.transform import DaySplitter, deduplicate_latest
+from campaign_pipeline.transform import DaySplitter, deduplicate_latest, latest_row_indices
 from campaign_pipeline.warehouse import Warehouse, WarehouseError
 from campaign_pipeline.windows import PartitionWindow
 
@@ -84,6 +85,28 @@ def test_deduplicate_latest_prefers_non_null_and_later_arrival_on_ties():
     table = pa.table({"k": ["a", "a", "a", "b"], "v": [1, None, 1, None], "tag": ["first", "null", "last", "only"]})
     out = deduplicate_latest(table, ("k",), "v")
     assert out["tag"].to_pylist() == ["last", "only"]
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_latest_row_indices_matches_a_plain_python_reference(seed):
+    # Half the tables have unique keys (the sort-only fast path), half have duplicates (full path).
+    rng = random.Random(seed)
+    rows = 1 + rng.randrange(40)
+    key_space = rows * 4 if seed % 2 == 0 else max(1, rows // 3)
+    keys = rng.sample(range(key_space), rows) if seed % 2 == 0 else [rng.randrange(key_space) for _ in range(rows)]
+    table = pa.table({
+        "c": ["x"] * rows,
+        "k": [f"+65{key:08d}" for key in keys],
+        "v": [None if rng.random() < 0.2 else rng.randrange(3) for _ in range(rows)],
+    })
+    best: dict = {}
+    for arrival, (key, value) in enumerate(zip(table["k"].to_pylist(), table["v"].to_pylist(), strict=True)):
+        rank = (value is not None, value if value is not None else 0, arrival)
+        if key not in best or rank > best[key][0]:
+            best[key] = (rank, arrival)
+    expected = [best[key][1] for key in sorted(best)]
+    for key_columns in (("k",), ("c", "k")):
+        assert latest_row_indices(table, key_columns, "v").to_pylist() == expected
 
 
 def test_lake_parquet_write_is_atomic_and_replaces(tmp_path):
