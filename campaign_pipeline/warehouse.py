@@ -59,9 +59,11 @@ class WarehouseError(CampaignPipelineError):
 class Warehouse:
     """A DuckDB file plus the lock that serializes its writers."""
 
-    def __init__(self, path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+    def __init__(self, path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                 max_hold_s: float = DEFAULT_MAX_HOLD_S):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.max_hold_s = max_hold_s  # the default of writer_session()
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s, thread_local=False)
 
     def __repr__(self) -> str:
@@ -90,14 +92,14 @@ class Warehouse:
         os.replace(temp, self.path)
 
     @contextmanager
-    def writer_session(self, max_hold_s: float = DEFAULT_MAX_HOLD_S) -> Iterator[WriterSession]:
+    def writer_session(self, max_hold_s: float | None = None) -> Iterator[WriterSession]:
         """A writer connection reused by consecutive loads (each still its own transaction), so a
         run of small days does not pay DuckDB's open and checkpoint-on-close for every day. The
         user releases it when idle (:meth:`WriterSession.release`; the next use re-opens it), and a
         connection held for ``max_hold_s`` is closed at its next use and the file left free for a
         moment, so readers in other processes (which retry every 0.25 s at most) still get in
-        while a long, publish-bound backfill runs."""
-        session = WriterSession(self, max_hold_s)
+        while a long, publish-bound backfill runs. ``max_hold_s`` defaults to the warehouse's."""
+        session = WriterSession(self, self.max_hold_s if max_hold_s is None else max_hold_s)
         try:
             yield session
         finally:
@@ -193,6 +195,11 @@ class WriterSession:
                 raise
             self._con, self._opened_at = con, time.monotonic()
         return self._con
+
+    @property
+    def held_s(self) -> float:
+        """Seconds the current connection has been open (0 when none is)."""
+        return time.monotonic() - self._opened_at if self._con is not None else 0.0
 
     def release(self) -> None:
         """Close the connection (DuckDB checkpoints it) and release the file lock."""

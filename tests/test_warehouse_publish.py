@@ -132,8 +132,9 @@ while time.time() < deadline:
 
 
 def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tmp_path):
-    """Between publishing day 1 and day 2 the fetch of day 2 is slow (every request waits 0.15 s):
-    a reader in another process must get in then, not only after the run."""
+    """The fetch of each day is slow (every request waits 0.15 s): once the publisher has held the
+    file for half its ``max_hold_s`` (0.3 s here), it lets go while the next day is fetched, so a
+    reader in another process gets in then, not only after the run."""
     import subprocess
     import sys
     import time
@@ -147,7 +148,7 @@ def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tm
 
     server = start_simulator(fault_rate=1.0, fault_kinds=("slow",), slow_seconds=0.15, campaigns_per_day=3,
                              recipients_per_campaign=40)
-    wh = Warehouse(tmp_path / "w.duckdb")
+    wh = Warehouse(tmp_path / "w.duckdb", max_hold_s=0.6)
     windows = [PartitionWindow.for_day(date(2024, 5, 2) + timedelta(days=n), "UTC") for n in range(4)]
     # The reader starts first (its imports take longer than a day's fetch) and waits for the file.
     probe = subprocess.Popen([sys.executable, "-c", PROBE, str(wh.path)], stdout=subprocess.PIPE, text=True)
