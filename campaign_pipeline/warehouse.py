@@ -49,7 +49,7 @@ _CHECKS_MEMORY_LIMIT = "1GB"
 # blocks behind in the file). Day-aligned row groups also let a re-load's DELETE drop whole row
 # groups instead of leaving deleted rows inside shared ones. Smaller loads keep the vacuum, so a
 # small daily load does not leave one tiny row group per day and table.
-_NO_VACUUM_MIN_ROWS = 122_880 // 2
+LARGE_LOAD_MIN_ROWS = 122_880 // 2
 
 
 class WarehouseError(CampaignPipelineError):
@@ -144,7 +144,7 @@ class Warehouse:
                     con.unregister("incoming_partition")
                 # Applies to this load's checkpoint (at COMMIT when the WAL is past DuckDB's threshold,
                 # else when the connection closes: in a writer session, the last load's setting counts).
-                if max(inserted.values(), default=0) >= _NO_VACUUM_MIN_ROWS:
+                if max(inserted.values(), default=0) >= LARGE_LOAD_MIN_ROWS:
                     con.execute("SET max_vacuum_tasks = 0")
                 else:
                     con.execute("RESET max_vacuum_tasks")

@@ -43,7 +43,7 @@ def load(wh: Warehouse, day: date, tables: dict[str, pa.Table]) -> str:
     return str(seen["vacuum"])
 
 
-@pytest.mark.parametrize("rows", [warehouse._NO_VACUUM_MIN_ROWS, 500])
+@pytest.mark.parametrize("rows", [warehouse.LARGE_LOAD_MIN_ROWS, 500])
 def test_reloading_days_gives_identical_tables_large_or_small(tmp_path, rows):
     loaded, fresh = Warehouse(tmp_path / "loaded.duckdb"), Warehouse(tmp_path / "fresh.duckdb")
     vacuum = {load(loaded, day, day_tables(day, rows, "Pending")) for day in DAYS}
@@ -61,12 +61,12 @@ def test_reloading_days_gives_identical_tables_large_or_small(tmp_path, rows):
             "SELECT partition_date, status, count(*) FROM sms_messages GROUP BY ALL ORDER BY 1"
         ).fetchall() == [(DAYS[0], "Pending", rows), (DAYS[1], "Delivered", rows), (DAYS[2], "Pending", rows)]
     # Large loads skip the checkpoint's vacuum; small ones keep DuckDB's default.
-    assert vacuum == ({"0"} if rows >= warehouse._NO_VACUUM_MIN_ROWS else {"100"})
+    assert vacuum == ({"0"} if rows >= warehouse.LARGE_LOAD_MIN_ROWS else {"100"})
 
 
 def test_failed_large_reload_keeps_the_old_day(tmp_path):
     wh = Warehouse(tmp_path / "w.duckdb")
-    rows = warehouse._NO_VACUUM_MIN_ROWS
+    rows = warehouse.LARGE_LOAD_MIN_ROWS
     for day in DAYS[:2]:
         load(wh, day, day_tables(day, rows))
     before = table_fingerprint(wh.path)
