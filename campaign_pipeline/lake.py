@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from campaign_pipeline import settings
+from campaign_pipeline import schemas, settings
 from campaign_pipeline.crashpoints import crash_point
 
 DEFAULT_APP_KEY = "default"
@@ -134,7 +134,10 @@ class Lake:
         keep stale ones. Returns the path."""
         path = self.parquet_path(table_name, day, app_key)
         reader = data.to_reader() if isinstance(data, pa.Table) else data
-        with self._atomic_output(path) as stream, pq.ParquetWriter(stream, reader.schema, compression="zstd") as out:
+        spec = schemas.TABLES.get(table_name)
+        dictionary = [n for n in reader.schema.names if n not in spec.mostly_unique_columns] if spec else True
+        with (self._atomic_output(path) as stream,
+              pq.ParquetWriter(stream, reader.schema, compression="zstd", use_dictionary=dictionary) as out):
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
             for batch in reader:

@@ -7,6 +7,7 @@ from datetime import date
 
 import orjson
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from campaign_pipeline import schemas
@@ -107,6 +108,26 @@ def test_latest_row_indices_matches_a_plain_python_reference(seed):
     expected = [best[key][1] for key in sorted(best)]
     for key_columns in (("k",), ("c", "k")):
         assert latest_row_indices(table, key_columns, "v").to_pylist() == expected
+
+
+def test_parquet_keeps_dictionaries_for_repeating_columns_only(tmp_path):
+    for spec in schemas.TABLES.values():
+        assert set(spec.mostly_unique_columns) <= set(spec.schema.names), spec.name
+    rows = 300
+    table = pa.table({
+        "app_id": ["app"] * rows, "campaign_id": [f"c{n % 3}" for n in range(rows)],
+        "recipient": [f"+6580{n:06d}" for n in range(rows)], "partition_date": [DAY] * rows,
+        "sent_at": pa.array([n % 3 * 1_000_000 for n in range(rows)], schemas.TIMESTAMP_UTC),
+        "sender_phone": ["+6588001234"] * rows, "sender_eid": ["eid"] * rows, "recipient_country": ["SG"] * rows,
+        "content": [f"Hello {n}" for n in range(rows)], "num_sms": pa.array([1] * rows, pa.int32()),
+        "status": ["Delivered"] * rows, "carrier_network_status": [None] * rows,
+        "last_updated_at": pa.array([1_000_000 + n for n in range(rows)], schemas.TIMESTAMP_UTC),
+    }, schema=schemas.SMS_MESSAGES_SCHEMA)
+    path = Lake(str(tmp_path / "lake")).write_parquet(schemas.SMS_MESSAGES.name, DAY, table)
+    metadata = pq.ParquetFile(path).metadata.row_group(0)
+    dictionary_encoded = {metadata.column(i).path_in_schema for i in range(metadata.num_columns)
+                          if any("DICTIONARY" in encoding for encoding in metadata.column(i).encodings)}
+    assert dictionary_encoded == set(table.column_names) - set(schemas.SMS_MESSAGES.mostly_unique_columns)
 
 
 def test_lake_parquet_write_is_atomic_and_replaces(tmp_path):
