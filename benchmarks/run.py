@@ -20,8 +20,9 @@ What one run does:
 1. **Sweep** (``--sizes``, default 1,3,10 x the base recipients per campaign): per size, one
    simulator subprocess (``python -m campaign_pipeline.simulator``, fixed ``--now``, detail pages
    pre-rendered for the days, no rate limit), warmed up (summary pages rendered once, untimed),
-   then each contender ``--repeat`` times (c and d only on ``--dlt-sizes``, default 1,3: dlt
-   needs ~16 min more for 10x). Wall time is taken around the subprocess (start-up included);
+   then the contenders in turn, ``--repeat`` times (default 3, median kept) on the smallest and
+   the largest size (``--repeat-sizes``: where targets 1 and 2 are judged) and once on the others
+   (c and d only on ``--dlt-sizes``, default 1,3: dlt needs ~16 min more for 10x). Wall time is taken around the subprocess (start-up included);
    peak RSS is the largest sum of RSS over the process and its children, polled every 50 ms with
    psutil. records/s = the workload's detail records (as fetched by a) / wall time. The machine
    is shared, so each timed run first waits (up to ``--quiet-wait`` s) for other processes to go
@@ -163,6 +164,7 @@ class Plan:
     sizes: tuple[int, ...]
     dlt_sizes: tuple[int, ...]
     repeat: int
+    repeat_sizes: tuple[int, ...]
     base: Workload
     rate_limited: Workload | None
     profile_size: int | None
@@ -172,6 +174,10 @@ class Plan:
     quiet_wait_s: float = 0.0
     disturbed_threshold: float = 0.25
     render_only: bool = False
+
+    def repeats(self, size: int) -> int:
+        """Timed runs per contender on ``size``."""
+        return self.repeat if size in self.repeat_sizes else 1
 
 
 def build_plan(argv: list[str] | None = None) -> Plan:
@@ -196,7 +202,16 @@ def build_plan(argv: list[str] | None = None) -> Plan:
         "cores busy during it (default 0.25)",
     )
     parser.add_argument(
-        "--repeat", type=int, default=1, help="timed runs per contender and size (median kept)"
+        "--repeat",
+        type=int,
+        default=None,
+        help="timed runs per contender on the --repeat-sizes (median kept; default 3, quick: 1)",
+    )
+    parser.add_argument(
+        "--repeat-sizes",
+        default=None,
+        help="sizes on which contenders run --repeat times (default: the smallest and the largest size, where "
+        "targets 1 and 2 are judged); the others run once",
     )
     parser.add_argument("--no-rate-limited", action="store_true", help="skip the enforced-rate-limit run")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run of b")
@@ -230,8 +245,12 @@ def build_plan(argv: list[str] | None = None) -> Plan:
         if args.dlt_sizes
         else (sizes if args.quick else (1, 3))
     )
-    if args.repeat < 1:
+    repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
+    if repeat < 1:
         parser.error("--repeat must be >= 1")
+    repeat_sizes = (
+        tuple(int(s) for s in args.repeat_sizes.split(",")) if args.repeat_sizes else (min(sizes), max(sizes))
+    )
     if args.quick:
         base = Workload(day_range(date(2024, 5, 19), 2), 5, 200)
         rate_limited = Workload(day_range(date(2024, 5, 19), 1), 5, 1000)
@@ -246,7 +265,8 @@ def build_plan(argv: list[str] | None = None) -> Plan:
         only=only,
         sizes=sizes,
         dlt_sizes=dlt_sizes,
-        repeat=args.repeat,
+        repeat=repeat,
+        repeat_sizes=repeat_sizes,
         base=base,
         rate_limited=None if args.no_rate_limited or "b" not in only else rate_limited,
         profile_size=profile_size if "b" in only else None,
@@ -777,12 +797,13 @@ def sweep_size(plan: Plan, size: int, results: dict) -> None:
         warm_up(sim, workload)
         contenders = [c for c in plan.only if c in ("a", "b", "e") or size in plan.dlt_sizes]
         runs: dict[str, list[Run]] = {c: [] for c in contenders}
-        for rep in range(plan.repeat):
+        repeat = plan.repeats(size)
+        for rep in range(repeat):  # the contenders take turns, so each rep runs them side by side
             for contender in contenders:
                 run = timed_run(plan, contender, size, sim, workload, size_dir / f"{contender}-rep{rep}")
                 runs[contender].append(run)
                 log(
-                    f"size {size}x: {contender} rep {rep + 1}/{plan.repeat}: {run.wall_s:.1f}s "
+                    f"size {size}x: {contender} rep {rep + 1}/{repeat}: {run.wall_s:.1f}s "
                     f"(waited {run.extra['quiet_wait_s']}s for quiet, other load {run.other_cores:.2f}), "
                     f"peak RSS {run.peak_rss_mb:.0f} MB, rows {run.rows_loaded}"
                 )
@@ -1315,7 +1336,13 @@ def render_markdown(plan: Plan, results: dict) -> str:
         + ", ".join(f"{s}x" for s in plan.sizes)
         + " recipients per campaign, one simulator subprocess per size.",
         "* Each contender is its own subprocess, run "
-        + (f"{plan.repeat} times (median wall kept, max RSS)" if plan.repeat > 1 else "once")
+        + (
+            f"{plan.repeat} times on "
+            + ", ".join(f"{s}x" for s in plan.sizes if plan.repeats(s) > 1)
+            + " (the contenders take turns; median wall kept, max RSS) and once on the other sizes"
+            if any(plan.repeats(s) > 1 for s in plan.sizes)
+            else "once"
+        )
         + ". **Wall** = wall clock around the subprocess (interpreter start-up and imports included). "
         "**Peak RSS** = largest sum of RSS over the process and its children, polled every 50 ms. "
         "**records/s** = detail records of the workload (as fetched by a) / wall. **CPU s** = user + system "
@@ -1581,7 +1608,7 @@ def main(argv: list[str] | None = None) -> int:
     results["environment"]["code revision"] += f"; measured snapshot {fingerprint} (taken at start)"
     log(
         f"plan: contenders {','.join(plan.only)}, sizes {plan.sizes}, dlt sizes {plan.dlt_sizes}, "
-        f"repeat {plan.repeat}, out {plan.out}"
+        f"repeat {plan.repeat} on sizes {plan.repeat_sizes}, out {plan.out}"
     )
     for size in plan.sizes:
         sweep_size(plan, size, results)
