@@ -20,7 +20,8 @@ What one run does:
 1. **Sweep** (``--sizes``, default 1,3,10 x the base recipients per campaign): per size, one
    simulator subprocess (``python -m campaign_pipeline.simulator``, fixed ``--now``, detail pages
    pre-rendered for the days, no rate limit), warmed up (summary pages rendered once, untimed),
-   then the contenders in turn, ``--repeat`` times (default 3, median kept) on the smallest and
+   then the contenders in turn, ``--repeat`` times (default 3, 1 with ``--quick``; median wall
+   kept, largest peak RSS) on the smallest and
    the largest size (``--repeat-sizes``: where targets 1 and 2 are judged) and once on the others
    (c and d only on ``--dlt-sizes``, default 1,3: dlt needs ~16 min more for 10x). Wall time is taken around the subprocess (start-up included);
    peak RSS is the largest sum of RSS over the process and its children, polled every 50 ms with
@@ -248,9 +249,14 @@ def build_plan(argv: list[str] | None = None) -> Plan:
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     if repeat < 1:
         parser.error("--repeat must be >= 1")
-    repeat_sizes = (
-        tuple(int(s) for s in args.repeat_sizes.split(",")) if args.repeat_sizes else (min(sizes), max(sizes))
-    )
+    try:
+        repeat_sizes = (
+            tuple(int(s) for s in args.repeat_sizes.split(",")) if args.repeat_sizes else (min(sizes), max(sizes))
+        )
+    except ValueError:
+        parser.error(f"--repeat-sizes {args.repeat_sizes!r}: use comma-separated sizes, e.g. 1,10")
+    if not set(repeat_sizes) <= set(sizes):
+        parser.error(f"--repeat-sizes {args.repeat_sizes} names sizes not in --sizes {','.join(map(str, sizes))}")
     if args.quick:
         base = Workload(day_range(date(2024, 5, 19), 2), 5, 200)
         rate_limited = Workload(day_range(date(2024, 5, 19), 1), 5, 1000)

@@ -6,7 +6,7 @@ Exit codes: 0 success, 1 the run failed (reason printed), 2 bad input or configu
 from __future__ import annotations
 
 import argparse
-import atexit
+import gc
 import logging
 import os
 import sys
@@ -173,34 +173,17 @@ def main(argv: list[str] | None = None) -> int:
 
 def run() -> None:
     """Console-script entry point (``campaign-pipeline``): exit with :func:`main`'s code, without
-    the interpreter's teardown.
+    the interpreter's final garbage collection.
 
-    When :func:`main` returns, the command has closed its files, DuckDB connections and threads.
-    What normal interpreter shutdown would still do is free every object of pandas, pyarrow and
-    DuckDB one by one: measured at 0.2-0.25 s after a backfill, about 7% of a one-week run. Exit
-    handlers still run (Dagster's, temporary directories'...): this one is registered before the
-    command starts, and handlers run in reverse order, so it runs after them; it then flushes the
-    log and standard streams and ends the process. In-process callers (the tests) use
-    :func:`main`, which returns normally.
+    At exit the interpreter runs a full collection over every object pandas, pyarrow and DuckDB
+    created, which measured 0.2 of the 0.25 s of shutdown after a backfill (about 6% of a one-week
+    run). ``gc.freeze()`` moves those objects out of the collector's reach; everything
+    else about shutdown (exit handlers, flushing, the exit code) is unchanged. In-process callers
+    (the tests) use :func:`main`.
     """
-    exit_code = [EXIT_FAILED]  # what the process exits with if main() raises (as Python would)
-    atexit.register(_exit_after_handlers, exit_code)
-    try:
-        exit_code[0] = main()
-    except SystemExit as stop:  # argparse: --help, usage errors
-        exit_code[0] = 0 if stop.code is None else stop.code if isinstance(stop.code, int) else EXIT_FAILED
-        raise
-    sys.exit(exit_code[0])
-
-
-def _exit_after_handlers(exit_code: list[int]) -> None:
-    logging.shutdown()  # registered before this handler, so it would run after it
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):  # a closed pipe or stream: nothing left to save
-            pass
-    os._exit(exit_code[0])
+    code = main()
+    gc.freeze()
+    sys.exit(code)
 
 
 if __name__ == "__main__":

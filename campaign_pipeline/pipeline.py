@@ -316,35 +316,45 @@ def process_days(
 
     Day N is published in a background thread while day N+1 is fetched, so Parquet, DuckDB and
     the checks stay off the fetch's critical path; at most one day waits to be published. The
-    publisher keeps its DuckDB connection (:meth:`Warehouse.writer_session`) across days, and
-    lets go of it when idle once it has held it for half the session's ``max_hold_s`` (the
-    session itself re-opens after ``max_hold_s``), so readers wait a few seconds at most. Each
+    publisher keeps its DuckDB connection (:meth:`Warehouse.writer_session`) while the next day is
+    already waiting for it, and after a small day also while the next one lands within half the
+    session's ``max_hold_s`` of the connection's opening; otherwise it lets go while the next day
+    is fetched (and the session re-opens after ``max_hold_s`` anyway), so readers wait a few
+    seconds at most. Each
     day's publish is atomic on its own, so a failure leaves every earlier day complete: the
     outcome of a day already being published is still yielded before the failure is raised.
     """
 
     memory.limit_allocator_arenas()  # before the fetch and publish threads start
-    next_day_waiting = threading.Event()  # set while a landed day waits for the publisher
+    # Set while a landed day waits for the publisher, and once no further day will come.
+    next_day_waiting = threading.Event()
+    holding_small_loads = False  # the session holds small loads that are not checkpointed yet
 
     def split_and_publish(window: PartitionWindow, split: Callable[[], DayTables]) -> tuple:
+        nonlocal holding_small_loads
         day_tables = split()
         row_counts = day_tables.row_counts
+        large_day = max(row_counts.values(), default=0) >= LARGE_LOAD_MIN_ROWS
+        if large_day and holding_small_loads:
+            session.release()  # checkpoint the small days with their vacuum (a large load turns it off)
         try:
             refetch = (lambda: refetch_summary(window)) if refetch_summary is not None else None
             published = publish_and_check_day(lake, warehouse, app, window, day_tables, refetch, rejected_threshold,
                                               session)
-            large_day = max(published.inserted.values(), default=0) >= LARGE_LOAD_MIN_ROWS
-            if not next_day_waiting.is_set() and (large_day or session.held_s >= session.max_hold_s / 2):
-                # Idle while the next day is fetched: let readers in now rather than at the next
-                # use, and free DuckDB's buffers. Not after every small day: each close
-                # checkpoints, and checkpointing day by day cost a one-week 1x backfill about 0.4 s
-                # more CPU (and a 20% larger file) than checkpointing the week once. A large day is
-                # in the file already (written at commit, see warehouse.LARGE_LOAD_MIN_ROWS), so
-                # closing after it is cheap, and keeping its buffers cost about 10 MB of peak RSS.
-                session.release()
         finally:
             day_tables.discard()
             memory.release_free_memory()  # the day's buffers, before the next day's grow
+        holding_small_loads = not large_day
+        if not large_day:
+            # Each close checkpoints, and checkpointing a week of small days day by day cost a 1x
+            # backfill about 0.4 s more CPU (and a 20% larger file) than checkpointing it once:
+            # keep the session for the next day if it lands soon. A large day is in the file
+            # already (written at commit, see warehouse.LARGE_LOAD_MIN_ROWS), so closing after it
+            # is cheap, and keeping its buffers cost about 10 MB of peak RSS at 10x.
+            next_day_waiting.wait(max(0.0, session.max_hold_s / 2 - session.held_s))
+        if not next_day_waiting.is_set():
+            session.release()  # idle while the next day is fetched: readers may open the file meanwhile
+            holding_small_loads = False
         return day_tables.stats, row_counts, published
 
     with (
@@ -353,37 +363,42 @@ def process_days(
         ThreadPoolExecutor(1, thread_name_prefix="publish") as publisher,
     ):
         pending: tuple[PartitionWindow, LandingResult | None, Future] | None = None
-        for window in windows:
-            try:
-                if client is not None:
-                    splitter = DaySplitter(window, app.app_id, staging / window.key)
-                    landed = land_day(client, lake, app, window, workers=workers, progress=progress, hasher=hasher,
-                                      splitter=splitter)
-                    memory.release_free_memory()  # the pages and campaign buffers just freed
-                    split = splitter.finish  # builds the day's tables from its staged campaigns, in the publisher
-                else:
-                    resplit = split_day(lake, app, window, staging / window.key)
-                    landed, split = None, lambda tables=resplit: tables
-                    del resplit
-            except BaseException:
+        try:
+            for window in windows:
+                try:
+                    if client is not None:
+                        splitter = DaySplitter(window, app.app_id, staging / window.key)
+                        landed = land_day(client, lake, app, window, workers=workers, progress=progress,
+                                          hasher=hasher, splitter=splitter)
+                        memory.release_free_memory()  # the pages and campaign buffers just freed
+                        split = splitter.finish  # builds the day's tables from its staged campaigns, in the publisher
+                    else:
+                        resplit = split_day(lake, app, window, staging / window.key)
+                        landed, split = None, lambda tables=resplit: tables
+                        del resplit
+                except BaseException:
+                    next_day_waiting.set()  # no day follows: the publisher need not wait for one
+                    if pending is not None:
+                        yield _published(pending)
+                    raise
+                next_day_waiting.set()
                 if pending is not None:
                     yield _published(pending)
-                raise
+                    pending = None
+                next_day_waiting.clear()
+                if not load:
+                    day_tables = split()
+                    row_counts = day_tables.row_counts
+                    day_tables.discard()
+                    yield DayOutcome(window, landed, day_tables.stats, row_counts, None)
+                    continue
+                pending = (window, landed, publisher.submit(split_and_publish, window, split))
+                del split
             next_day_waiting.set()
             if pending is not None:
                 yield _published(pending)
-                pending = None
-            next_day_waiting.clear()
-            if not load:
-                day_tables = split()
-                row_counts = day_tables.row_counts
-                day_tables.discard()
-                yield DayOutcome(window, landed, day_tables.stats, row_counts, None)
-                continue
-            pending = (window, landed, publisher.submit(split_and_publish, window, split))
-            del split
-        if pending is not None:
-            yield _published(pending)
+        finally:
+            next_day_waiting.set()  # also when the caller stops early: the publisher must not wait
 
 
 def _published(pending: tuple) -> DayOutcome:

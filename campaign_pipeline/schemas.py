@@ -20,8 +20,8 @@ TIMESTAMP_UTC = pa.timestamp("us", tz="UTC")
 class TableSpec:
     """A warehouse table: its name, Arrow schema, grain, the columns that identify a row, and the
     columns whose values rarely repeat within a day (Parquet stores those without a dictionary:
-    building one costs time and, once it overflows, space; measured 18% faster Parquet writes and
-    15-20% smaller files for the message tables)."""
+    building one costs time and, once it overflows, space; measured 13-19% faster Parquet writes
+    and 15-24% smaller files for a 10x day of SMS, with personalized bodies or one per campaign)."""
 
     name: str
     schema: pa.Schema
@@ -114,7 +114,7 @@ SMS_MESSAGES = TableSpec(
     grain="One row per SMS recipient of a sent campaign, from Get Sent Campaigns Details.",
     key_columns=("app_id", "campaign_id", "recipient"),
     sort_columns=("app_id", "campaign_id", "recipient"),
-    mostly_unique_columns=("recipient", "content", "last_updated_at"),
+    mostly_unique_columns=("recipient", "last_updated_at"),  # `content` repeats unless personalized
 )
 WHATSAPP_MESSAGES = TableSpec(
     name="whatsapp_messages",

@@ -418,9 +418,10 @@ def latest_row_indices(table: pa.Table, key_columns: tuple[str, ...], order_colu
         return pa.array([], pa.int64())
     # Most campaigns hold no duplicate keys: a (stable) sort of the keys alone is then the answer,
     # at about half the cost of the full sort below (measured on 8k-row campaigns).
-    indices = pc.sort_indices(table.select(list(key_columns)), sort_keys=[(c, "ascending") for c in key_columns])
-    if not _has_adjacent_duplicates(table, key_columns, indices):
-        return indices
+    if key_columns:
+        indices = pc.sort_indices(table.select(list(key_columns)), sort_keys=[(c, "ascending") for c in key_columns])
+        if not _has_adjacent_duplicates(table, key_columns, indices):
+            return indices
     arrival = pa.array(range(table.num_rows), pa.int64())
     keys = pa.table({**{c: table[c] for c in key_columns}, order_column: table[order_column], "__arrival": arrival})
     sort_keys = [(c, "ascending") for c in key_columns]

@@ -132,9 +132,11 @@ while time.time() < deadline:
 
 
 def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tmp_path):
-    """The fetch of each day is slow (every request waits 0.15 s): once the publisher has held the
-    file for half its ``max_hold_s`` (0.3 s here), it lets go while the next day is fetched, so a
-    reader in another process gets in then, not only after the run."""
+    """Each day's fetch is slow (7 requests, one at a time, each held 0.25 s by the API): after a
+    small day the publisher waits for the next one only until it has held the file for half its
+    ``max_hold_s`` (0.5 s here), then lets go while that day is still being fetched. So a reader in
+    another process gets in before day 2 has landed (when the run hands out day 1), not only when
+    the session re-opens after ``max_hold_s`` or after the run."""
     import subprocess
     import sys
     import time
@@ -146,24 +148,24 @@ def test_the_publisher_lets_go_of_the_warehouse_while_the_next_day_is_fetched(tm
 
     from .conftest import start_simulator
 
-    server = start_simulator(fault_rate=1.0, fault_kinds=("slow",), slow_seconds=0.15, campaigns_per_day=3,
+    server = start_simulator(fault_rate=1.0, fault_kinds=("slow",), slow_seconds=0.25, campaigns_per_day=6,
                              recipients_per_campaign=40)
-    wh = Warehouse(tmp_path / "w.duckdb", max_hold_s=0.6)
-    windows = [PartitionWindow.for_day(date(2024, 5, 2) + timedelta(days=n), "UTC") for n in range(4)]
+    wh = Warehouse(tmp_path / "w.duckdb", max_hold_s=1.0)
+    windows = [PartitionWindow.for_day(date(2024, 5, 2) + timedelta(days=n), "UTC") for n in range(3)]
     # The reader starts first (its imports take longer than a day's fetch) and waits for the file.
     probe = subprocess.Popen([sys.executable, "-c", PROBE, str(wh.path)], stdout=subprocess.PIPE, text=True)
+    handed_out: list[float] = []
     try:
         assert probe.stdout.readline().strip() == "ready"
         with CinnoxClient(server.base_url, server.app_id, server.token, rate_limit_per_min=None) as client:
             for _ in pipeline.process_days(windows, Lake(str(tmp_path / "lake")), wh,
-                                           pipeline.AppRef("default", "a"), client):
-                pass
-            run_ended_at = time.time()
+                                           pipeline.AppRef("default", "a"), client, workers=1):
+                handed_out.append(time.time())
     finally:
         server.stop()
     out, _ = probe.communicate(timeout=60)
     assert out.strip(), "the reader never got in"
-    assert float(out.strip()) < run_ended_at, "the reader got in only after the run"
+    assert float(out.strip()) < handed_out[0], "the reader got in only once day 2 had landed"
 
 
 def _memory_limit_bytes(con) -> float:
@@ -183,3 +185,17 @@ def test_checks_after_a_load_get_a_larger_memory_cap_than_the_load(tmp_path):
         after = _memory_limit_bytes(session.connection())
     assert seen[0] >= 0.9 * 2**30
     assert after <= 40 * 2**20
+
+
+def test_refresh_views_previews_the_latest_days_unless_asked_not_to(tmp_path):
+    from campaign_pipeline import pipeline
+
+    wh = Warehouse(tmp_path / "w.duckdb")
+    wh.replace_partition(DAYS[0], day_tables(DAYS[0], 20), APP)
+    applied, preview = pipeline.refresh_views(wh, preview_days=0)
+    assert applied and preview == ""
+    with wh.reader() as con:
+        views = {row[0] for row in con.execute("SELECT view_name FROM duckdb_views() WHERE NOT internal").fetchall()}
+    assert views, "no analyst view was created"
+    applied_again, preview = pipeline.refresh_views(wh)
+    assert applied_again == applied and DAYS[0].isoformat() in preview
