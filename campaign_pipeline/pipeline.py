@@ -320,9 +320,9 @@ def process_days(
     already waiting for it, and after a small day also while the next one lands within half the
     session's ``max_hold_s`` of the connection's opening; otherwise it lets go while the next day
     is fetched (and the session re-opens after ``max_hold_s`` anyway), so readers wait a few
-    seconds at most. Each
-    day's publish is atomic on its own, so a failure leaves every earlier day complete: the
-    outcome of a day already being published is still yielded before the failure is raised.
+    seconds at most. Each day's publish is atomic on its own, so a failure leaves every earlier
+    day complete: the outcome of a day already being published is still yielded before the
+    failure is raised.
     """
 
     memory.limit_allocator_arenas()  # before the fetch and publish threads start
