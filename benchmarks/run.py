@@ -37,12 +37,15 @@ What one run does:
    requests) and again with ``CINNOX_BASE_URL`` on a closed port (must still succeed).
 4. **Profile**: b once under cProfile on the 3x workload (``benchmarks/profile_backfill.py``:
    the main thread as ``python -m cProfile`` sees it, and all threads merged).
-5. **Enforced rate limit**: a simulator with ``--rate-limit-per-min 500`` and b with its default
+5. **Linearity pass** (target 4): all the sizes' simulators at once, and b on every size, the
+   sizes taking turns for ``--linearity-rounds`` rounds (default ``--repeat``); target 4 is judged
+   on these medians, since the sweep measures the sizes minutes apart on a machine whose speed drifts.
+6. **Enforced rate limit**: a simulator with ``--rate-limit-per-min 500`` and b with its default
    client budget (480/min) through the proxy: achieved share of the limit, 429s, requests per 1k.
 
 Usage::
 
-    .venv/bin/python benchmarks/run.py                 # full run (about 10-12 min on 2 cores)
+    .venv/bin/python benchmarks/run.py                 # full run (about 25 min on 2 cores)
     .venv/bin/python benchmarks/run.py --quick         # smoke run, writes benchmarks/.work/RESULTS-quick.md
     .venv/bin/python benchmarks/run.py --only a,b --sizes 1,3 --no-rate-limited --no-profile
 
@@ -75,7 +78,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -175,6 +178,7 @@ class Plan:
     quiet_wait_s: float = 0.0
     disturbed_threshold: float = 0.25
     render_only: bool = False
+    linearity_rounds: int = 0
 
     def repeats(self, size: int, contender: str) -> int:
         """Timed runs of ``contender`` on ``size``: ``repeat`` for a, b and e everywhere (target 4
@@ -215,6 +219,13 @@ def build_plan(argv: list[str] | None = None) -> Plan:
         help="sizes on which c and d (dlt) run --repeat times (default: the smallest and the largest size, "
         "where targets 1 and 2 are judged); elsewhere they run once (a, b and e always run --repeat times)",
     )
+    parser.add_argument(
+        "--linearity-rounds",
+        type=int,
+        default=None,
+        help="rounds of the interleaved linearity pass (b on every size, the sizes taking turns; target 4 is "
+        "judged on it); 0 skips it and judges target 4 on the sweep (default: --repeat)",
+    )
     parser.add_argument("--no-rate-limited", action="store_true", help="skip the enforced-rate-limit run")
     parser.add_argument("--no-profile", action="store_true", help="skip the cProfile run of b")
     parser.add_argument(
@@ -250,6 +261,9 @@ def build_plan(argv: list[str] | None = None) -> Plan:
     repeat = args.repeat if args.repeat is not None else (1 if args.quick else 3)
     if repeat < 1:
         parser.error("--repeat must be >= 1")
+    linearity_rounds = repeat if args.linearity_rounds is None else args.linearity_rounds
+    if linearity_rounds < 0:
+        parser.error("--linearity-rounds must be >= 0 (0 skips the pass)")
     try:
         repeat_sizes = (
             tuple(int(s) for s in args.repeat_sizes.split(",")) if args.repeat_sizes else (min(sizes), max(sizes))
@@ -282,6 +296,7 @@ def build_plan(argv: list[str] | None = None) -> Plan:
         json_out=WORK / ("results-quick.json" if args.quick else "results.json"),
         disturbed_threshold=args.disturbed_threshold,
         render_only=args.render_only,
+        linearity_rounds=linearity_rounds if "b" in only and len(sizes) >= 2 else 0,
         quiet_wait_s=args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 90.0),
     )
 
@@ -843,6 +858,52 @@ def timed_run(plan: Plan, contender: str, size: int, sim: Simulator, workload: W
     return run
 
 
+def linearity_pass(plan: Plan, results: dict) -> None:
+    """Target 4's measurement: b on every size in one interleaved series.
+
+    The sweep measures the sizes one after another, minutes apart, and this shared machine's speed
+    drifts by 10-20% over minutes (a's own wall times do too), which bends or straightens a line
+    through per-size medians by chance. Here every size's simulator runs at once and b takes turns
+    over the sizes for ``linearity_rounds`` rounds (the order rotated each round), so every size
+    sees the same conditions. Stores each size's wall times and their median in
+    ``results["linearity"]``.
+    """
+    sizes = list(plan.sizes)
+    workloads = {size: scaled(plan.base, size) for size in sizes}
+    pass_dir = WORK / "linearity"
+    runs: dict[int, list[Run]] = {size: [] for size in sizes}
+    with ExitStack() as stack:
+        sims: dict[int, Simulator] = {}
+        for size in sizes:
+            log(f"linearity: starting the {size}x simulator ({workloads[size].describe()})")
+            sims[size] = stack.enter_context(
+                simulator(workloads[size], None, pass_dir / f"simulator-{size}x.stderr")
+            )
+            warm_up(sims[size], workloads[size])
+        for round_index in range(plan.linearity_rounds):
+            shift = round_index % len(sizes)
+            for size in sizes[shift:] + sizes[:shift]:
+                run = timed_run(
+                    plan, "b", size, sims[size], workloads[size], pass_dir / f"b-{size}x-round{round_index}"
+                )
+                log(
+                    f"linearity: round {round_index + 1}/{plan.linearity_rounds}, b at {size}x: {run.wall_s:.1f}s "
+                    f"(other load {run.other_cores:.2f}), rows {run.rows_loaded}"
+                )
+                if run.returncode != 0:
+                    raise RuntimeError(f"b failed at {size}x in the linearity pass; see {pass_dir}")
+                runs[size].append(run)
+    results["linearity"] = {
+        str(size): {
+            "rounds": plan.linearity_rounds,
+            "walls_s": [round(r.wall_s, 2) for r in size_runs],
+            "median_wall_s": round(median_run(size_runs).wall_s, 3),
+            "rows_loaded": size_runs[0].rows_loaded,
+        }
+        for size, size_runs in runs.items()
+    }
+
+
 def counting_pass(plan: Plan, sim: Simulator, day: Workload, size_dir: Path) -> dict:
     """Untimed: each contender over one day through the counting proxy; then the resplit checks."""
     out: dict[str, Any] = {"workload": day.describe(), "day": day.start.isoformat(), "contenders": {}}
@@ -1130,6 +1191,30 @@ def fmt(value: float | None, spec: str = ",.0f", suffix: str = "") -> str:
     )
 
 
+def linearity_verdict(points: list[tuple[int, float, int]]) -> tuple[bool | None, str]:
+    """Target 4 on ``(records, wall_s, size)`` points: every size within 10% of the least-squares
+    line, and the marginal cost per record not rising by more than 25%. ``None`` below 3 sizes."""
+    if len(points) < 2:
+        return None, "n/a"
+    per_k = ", ".join(f"{s}x: {w / n * 1000:.3f} s" for n, w, s in points)
+    slopes = [
+        (points[i + 1][1] - points[i][1]) / (points[i + 1][0] - points[i][0]) * 1000 for i in range(len(points) - 1)
+    ]
+    fixed, slope = linear_fit([(n / 1000, w) for n, w, _ in points])
+    deviations = [(w - (fixed + slope * n / 1000)) / w for n, w, _ in points]
+    text = (
+        f"s per 1k records {per_k}; least-squares fit {fixed:.1f} s + {slope:.4f} s per 1k records, "
+        "deviation from it "
+        + ", ".join(f"{s}x: {d:+.1%}" for (_, _, s), d in zip(points, deviations, strict=True))
+        + "; marginal s per 1k records "
+        + ", ".join(f"{v:.4f}" for v in slopes)
+    )
+    if len(points) < 3:
+        return None, text
+    ratio = slopes[-1] / slopes[0] if slopes[0] > 0 else float("inf")
+    return max(abs(d) for d in deviations) <= 0.10 and ratio <= 1.25, text + f" (last/first = {ratio:.2f})"
+
+
 def evaluate(results: dict) -> list[tuple[str, str, str]]:
     """The six targets: (target, measured, verdict)."""
     sweep = results["sweep"]
@@ -1185,31 +1270,22 @@ def evaluate(results: dict) -> list[tuple[str, str, str]]:
         ok3 = max(rss.values()) <= 300 and growth <= 1.2
     out.append(("3. peak RSS of b <= 300 MB, and within 1.2x from 1x to 10x", text3, verdict(ok3)))
 
-    points = []
+    linearity = results.get("linearity") or {}
+    sweep_points, pass_points = [], []
     for s in sizes:
         run = sweep[str(s)]["runs"].get("b")
         records = workload_records(sweep[str(s)])
         if run and run["returncode"] == 0 and records:
-            points.append((records, run["wall_s"], s))
-    ok4, text4 = None, "n/a"
-    if len(points) >= 2:
-        per_k = ", ".join(f"{s}x: {w / n * 1000:.3f} s" for n, w, s in points)
-        slopes = [
-            (points[i + 1][1] - points[i][1]) / (points[i + 1][0] - points[i][0]) * 1000
-            for i in range(len(points) - 1)
-        ]
-        fixed, slope = linear_fit([(n / 1000, w) for n, w, _ in points])
-        deviations = [(w - (fixed + slope * n / 1000)) / w for n, w, _ in points]
-        text4 = (
-            f"s per 1k records {per_k}; least-squares fit {fixed:.1f} s + {slope:.4f} s per 1k records, "
-            "deviation from it "
-            + ", ".join(f"{s}x: {d:+.1%}" for (_, _, s), d in zip(points, deviations, strict=True))
-        )
-        text4 += "; marginal s per 1k records " + ", ".join(f"{v:.4f}" for v in slopes)
-        if len(points) >= 3:
-            ratio = slopes[-1] / slopes[0] if slopes[0] > 0 else float("inf")
-            text4 += f" (last/first = {ratio:.2f})"
-            ok4 = max(abs(d) for d in deviations) <= 0.10 and ratio <= 1.25
+            sweep_points.append((records, run["wall_s"], s))
+        if records and str(s) in linearity:
+            pass_points.append((records, linearity[str(s)]["median_wall_s"], s))
+    if pass_points:
+        ok4, text4 = linearity_verdict(pass_points)
+        text4 = f"interleaved pass (medians of {linearity[str(pass_points[0][2])]['rounds']} rounds): {text4}"
+        if len(sweep_points) >= 2:
+            text4 += f". For reference, the sweep's medians (sizes minutes apart): {linearity_verdict(sweep_points)[1]}"
+    else:
+        ok4, text4 = linearity_verdict(sweep_points)
     out.append(
         (
             (
@@ -1460,6 +1536,32 @@ def render_markdown(plan: Plan, results: dict) -> str:
         )
     results["ratios"] = ratios
 
+    linearity = results.get("linearity")
+    if linearity:
+        rounds = next(iter(linearity.values()))["rounds"]
+        lines += [
+            "",
+            f"## Linearity pass (target 4): b on every size, {rounds} interleaved round{'s' * (rounds != 1)}",
+            "",
+            (
+                "The sweep above measures the sizes minutes apart, and this machine's speed drifts by 10-20% over "
+                "minutes (see a's own spread), enough to bend a line through per-size medians. Here all the "
+                "sizes' simulators run at once and b takes turns over the sizes (order rotated each round), so "
+                "every size sees the same conditions; target 4 is judged on these medians."
+            ),
+            "",
+            "| size | records | b wall s, each round | median s | s per 1k records |",
+            "|---|---:|---|---:|---:|",
+        ]
+        for size in sorted(int(s) for s in linearity):
+            entry = linearity[str(size)]
+            records = workload_records(sweep[str(size)]) if str(size) in sweep else None
+            per_k = entry["median_wall_s"] / records * 1000 if records else None
+            lines.append(
+                f"| {size}x | {fmt(records)} | {', '.join(f'{w:.2f}' for w in entry['walls_s'])} "
+                f"| {entry['median_wall_s']:.2f} | {fmt(per_k, '.4f')} |"
+            )
+
     lines += ["", "## Targets", "", "| target | measured | verdict |", "|---|---|---|"]
     lines += [f"| {t} | {m} | {v} |" for t, m, v in evaluate(results)]
     notes = observations(results)
@@ -1619,6 +1721,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     for size in plan.sizes:
         sweep_size(plan, size, results)
+    if plan.linearity_rounds:
+        linearity_pass(plan, results)
     if plan.rate_limited is not None:
         rate_limited_pass(plan, results)
     results["total_s"] = time.perf_counter() - started
