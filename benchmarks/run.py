@@ -1541,7 +1541,7 @@ def render_markdown(plan: Plan, results: dict) -> str:
         lines.append(
             "* c and d are not run on "
             + ", ".join(f"{s}x" for s in skipped)
-            + f" (to keep the run under ~15 min): at the measured ~{dlt_wall:.0f} s per 1x workload for c + d "
+            + f": at the measured ~{dlt_wall:.0f} s per 1x workload for c + d "
             f"together, they would add about {dlt_wall * sum(skipped) / 60:.0f} min (`--dlt-sizes` runs them)."
         )
     lines.append("")
