@@ -626,11 +626,9 @@ class Run:
     extra: dict = field(default_factory=dict)
 
 
-def contender_command(
-    contender: str, base_url: str, sim: Simulator, workload: Workload, work: Path
-) -> tuple[list[str], dict[str, str]]:
-    """The command line and environment of ``contender`` against ``base_url`` (the simulator or the proxy)."""
-    common = [
+def api_args(base_url: str, sim: Simulator, workload: Workload) -> list[str]:
+    """``--base-url .. --app-id .. --token .. --start .. --end ..``: the arguments every script here takes."""
+    return [
         "--base-url",
         base_url,
         "--app-id",
@@ -642,6 +640,13 @@ def contender_command(
         "--end",
         workload.end.isoformat(),
     ]
+
+
+def contender_command(
+    contender: str, base_url: str, sim: Simulator, workload: Workload, work: Path
+) -> tuple[list[str], dict[str, str]]:
+    """The command line and environment of ``contender`` against ``base_url`` (the simulator or the proxy)."""
+    common = api_args(base_url, sim, workload)
     if contender == "a":
         return [PYTHON, str(BENCH_DIR / "bare_fetch.py"), *common], clean_env()
     if contender in ("c", "d"):
@@ -882,16 +887,7 @@ def stage_floor(
     cmd = [
         PYTHON,
         str(BENCH_DIR / "stage_floor.py"),
-        "--base-url",
-        sim.base_url,
-        "--app-id",
-        sim.app_id,
-        "--token",
-        sim.token,
-        "--start",
-        workload.start.isoformat(),
-        "--end",
-        workload.end.isoformat(),
+        *api_args(sim.base_url, sim, workload),
         "--lake",
         str(data_dir / "lake"),
         "--workers",
