@@ -49,13 +49,8 @@ from campaign_pipeline.windows import PartitionWindow
 APP_ID = "sim-app"
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+def _cpu_s(who: int = resource.RUSAGE_SELF) -> float:
+    usage = resource.getrusage(who)
     return usage.ru_utime + usage.ru_stime
 
 
@@ -134,10 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         stages["duckdb_load"] = timer.as_dict()
 
     imports = "import campaign_pipeline.cli, campaign_pipeline.runner, campaign_pipeline.pipeline"
-    children_before = _children_cpu_s()
+    children_before = _cpu_s(resource.RUSAGE_CHILDREN)
     with _Timer() as timer:
         subprocess.run([sys.executable, "-c", imports], check=True)
-    stages["imports"] = {"cpu_s": round(_children_cpu_s() - children_before, 2), "wall_s": round(timer.wall_s, 2)}
+    stages["imports"] = {"cpu_s": round(_cpu_s(resource.RUSAGE_CHILDREN) - children_before, 2), "wall_s": round(timer.wall_s, 2)}
 
     print(json.dumps({"rows": rows, "loaded_rows": sum(t.num_rows for t in message_tables.values()),
                       "workers": args.workers, "stages": stages}))
