@@ -30,6 +30,7 @@ test: $(STAMP)  ## the whole test suite
 
 dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000
 	mkdir -p .dagster_home
+	test -f .dagster_home/dagster.yaml || cp deploy/dagster.local.yaml .dagster_home/dagster.yaml
 	$(DEV_ENV) DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w dagster_workspace.yaml
 
 lint: $(STAMP)

@@ -9,7 +9,7 @@ as the pipeline does, and none is fetched twice. No retries, no typing, no stora
 
 Prints one JSON object on stdout: ``requests``, ``summary_requests``, ``detail_requests``,
 ``campaigns``, ``records`` (detail rows), ``bytes`` and ``campaign_sizes`` (rows per campaign,
-used by ``run.py`` to compute the request count of other paging rules).
+used by ``run.py`` to check the shape of a workload).
 
     python benchmarks/bare_fetch.py --base-url http://127.0.0.1:8765 --app-id sim-app \\
         --token sim-token --start 2024-05-13 --end 2024-05-19

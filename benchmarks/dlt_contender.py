@@ -1,4 +1,4 @@
-"""Contenders (c) and (d): a dlt ``rest_api`` pipeline from the CINNOX endpoints into DuckDB.
+"""Contender (c): a dlt ``rest_api`` pipeline from the CINNOX endpoints into DuckDB.
 
 Two resources, configured declaratively with dlt's defaults everywhere else:
 
@@ -9,9 +9,9 @@ Two resources, configured declaratively with dlt's defaults everywhere else:
 
 Both use bearer auth, ``data_selector: "result"`` and the offset paginator with ``limit: 500``.
 The API returns no total, so ``total_path`` is ``None`` and dlt's default stop rule applies
-(stop after an empty page). ``--parallelized`` sets ``parallelized: True`` on both resources
-(contender d). The only runtime setting changed is dlt's telemetry (off: no calls to the internet
-from a benchmark).
+(stop after an empty page). ``--parallelized`` sets ``parallelized: True`` on both resources (an
+optional variant; ``run.py`` does not run it). The only runtime setting changed is dlt's telemetry
+(off: no calls to the internet from a benchmark).
 
 Prints one JSON object on stdout: ``load_packages`` and ``pipeline`` (row counts are read by
 ``run.py`` from the DuckDB file afterwards, outside the timed run).

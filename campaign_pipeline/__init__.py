@@ -1,10 +1,16 @@
 """campaign_pipeline: CINNOX sent SMS/WhatsApp campaigns -> Parquet lake -> DuckDB warehouse.
 
-Layers, imported one way only (left may import right, never the reverse)::
+Layers, imported one way only (a layer imports only the layers below it)::
 
-    definitions, orchestration (Dagster) -> runner -> config, pipeline -> quality, reporting
-        -> warehouse, lake -> transform -> columnar -> records, schemas -> client, pii, windows
-        -> crashpoints, memory, settings, errors
+    cli, report_cli          the command line (front end)
+    definitions, orchestration   the Dagster code location (front end; the only dagster imports)
+    engine                   a run's days: fetch, land, type, write, audit, publish
+    quality, reporting       checks and analyst queries over the warehouse
+    warehouse, lake          DuckDB (one transaction per app and day) and the Parquet/landing files
+    transform                a day's pages -> typed Arrow tables (records, schemas)
+    config                   the one declaration of every setting (client, pii, windows)
+    client                   HTTP: paging, the one retry loop, the rate limiter
+    crashpoints, settings, errors
 
 Only :mod:`campaign_pipeline.definitions` and :mod:`campaign_pipeline.orchestration` import
 ``dagster``. The simulator is a separate, independent implementation of the CINNOX API and imports

@@ -1,11 +1,12 @@
 """HTTP client for the CINNOX sent-campaigns Open API: pacing, bounded retries, paging, stats.
 
 The HTTP layer only (``requests``, ``orjson``, stdlib). The single retry loop lives in
-:meth:`CinnoxClient._get`; the single paging loop in :meth:`CinnoxClient._paginate`. Callers may
-hand a detail listing a ``decode`` hook that turns raw bodies into their own page type (the
-pipeline decodes them to Arrow).
+:meth:`CinnoxClient._get`; the single paging loop in :meth:`CinnoxClient._paginate`. A page
+carries its ``records`` (the parsed ``result`` rows) and its ``body`` exactly as received.
 Errors come from :mod:`campaign_pipeline.errors`. The token never reaches a log line, an
-exception text or a ``repr``.
+exception text or a ``repr``: it is checked for shape when the client is built
+(:func:`validate_token`) and every text that could carry it is redacted before it reaches a
+message.
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ __all__ = [
     "RateLimiter",
     "RequestStats",
     "format_rfc3339",
+    "validate_base_url",
+    "validate_token",
 ]
 
 _LOG = logging.getLogger(__name__)
@@ -231,39 +234,21 @@ class Page:
         nbytes: response body size in bytes.
         history_id: the campaign id for detail pages, ``None`` for summary pages.
         body: the response body exactly as received.
-        decoded: what the listing's ``decode`` hook made of ``body`` (``None`` without a hook, or
-            when the hook declined the body and it was decoded as JSON instead).
-        row_count: how many rows the page holds.
-
-    ``records`` (the raw ``result`` rows, unmodified) is decoded from ``body`` on first use when
-    the ``decode`` hook took the page.
+        records: the raw ``result`` rows of the page (JSON objects, unmodified).
     """
 
     endpoint: str
     offset: int
     nbytes: int
     history_id: str | None = None
-    body: bytes = field(default=b"", repr=False)  # recipients' numbers and messages: never in a repr
-    decoded: Any = field(default=None, repr=False)
-    row_count: int = 0
-    _records: list[dict] | None = field(default=None, repr=False)
+    # recipients' numbers and messages: never in a repr
+    body: bytes = field(default=b"", repr=False)
+    records: list[dict] = field(default_factory=list, repr=False)
 
     @property
-    def records(self) -> list[dict]:
-        """The raw ``result`` rows of the page."""
-        if self._records is None:
-            try:
-                records = orjson.loads(self.body)[settings.ENVELOPE_RESULT]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as error:
-                raise PayloadError(f"page at offset {self.offset} cannot be decoded as JSON: "
-                                   f"{type(error).__name__}") from None
-            object.__setattr__(self, "_records", records)
-        return self._records
-
-
-#: ``decode(body)`` turns a 2xx response body into a decoded page (anything with ``len()`` giving
-#: its row count and ``equals()``), or returns ``None`` to have the body decoded as JSON instead.
-PageDecoder = Callable[[bytes], Any]
+    def row_count(self) -> int:
+        """How many rows the page holds."""
+        return len(self.records)
 
 
 def format_rfc3339(value: datetime) -> str:
@@ -301,31 +286,71 @@ class _BearerAuth(requests.auth.AuthBase):
         return "_BearerAuth(<redacted>)"
 
 
-def _validate_base_url(base_url: str) -> str:
-    """Return ``base_url`` without a trailing slash, or raise a one-line ConfigError."""
-    shape = "CINNOX_BASE_URL must look like https://host[:port][/path-prefix]"
-    if not isinstance(base_url, str) or not base_url.strip():
+def validate_base_url(text: str, variable: str = "CINNOX_BASE_URL") -> str:
+    """Return the base URL ``text`` (stripped, without a trailing slash), or raise a one-line
+    :class:`ConfigError` naming ``variable``.
+
+    Accepted: ``http(s)://host[:port][/path-prefix]`` where host is a name, an IPv4 address or a
+    bracketed IPv6 literal (``http://[::1]:8765``) and port is 1-65535. Refused: any other scheme,
+    ``user:password@``, ``?query``, ``#fragment``, whitespace or control characters. The message
+    never repeats the URL (a ``user:password@`` part would be a secret).
+    """
+    shape = f"{variable} must look like https://host[:port][/path-prefix]"
+    if not isinstance(text, str) or not text.strip():
         raise ConfigError(f"{shape}; it is empty")
-    text = base_url.strip()
+    text = text.strip()
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ConfigError(f"{shape}; it contains whitespace or control characters")
     try:
         parts = urlsplit(text)
-        parts.port  # noqa: B018 - raises ValueError on a bad port
+        port = parts.port
     except ValueError:
-        raise ConfigError(f"{shape}; it does not parse as a URL (bad port?)") from None
+        raise ConfigError(f"{shape}; it does not parse as a URL (bad port or IPv6 address?)") from None
     if parts.scheme not in ("http", "https"):
-        raise ConfigError(f"{shape}; the scheme must be http or https, got {parts.scheme or 'none'!r}")
-    if not parts.hostname:
-        raise ConfigError(f"{shape}; the host is missing")
-    if parts.username is not None or parts.password is not None:
+        raise ConfigError(f"{shape}; the scheme must be http or https")
+    if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise ConfigError(f"{shape}; remove the user:password@ part (the token goes in CINNOX_APP_TOKEN)")
-    if parts.query or parts.fragment:
+    host = parts.hostname
+    if not host:
+        raise ConfigError(f"{shape}; the host is missing")
+    bracketed = parts.netloc.startswith("[")
+    if not bracketed and not all(char.isalnum() or char in ".-_" for char in host):
+        raise ConfigError(f"{shape}; the host name holds characters a host name cannot have")
+    if parts.netloc.endswith(":") or port == 0:
+        raise ConfigError(f"{shape}; the port must be between 1 and 65535")
+    if parts.query or parts.fragment or "?" in text or "#" in text:
         raise ConfigError(f"{shape}; remove the ?query / #fragment")
     return text.rstrip("/")
 
 
-def _one_line(text: object, limit: int = 300) -> str:
+def validate_token(token: str, variable: str = "CINNOX_APP_TOKEN") -> str:
+    """Return the App Token ``token`` (stripped), or raise a one-line :class:`ConfigError` naming
+    ``variable`` that never repeats the token.
+
+    A token must be printable ASCII without whitespace (what an ``Authorization: Bearer`` header
+    can carry verbatim) and at least ``settings.MIN_TOKEN_LENGTH`` characters long, so that
+    redacting it can never hit ordinary words.
+    """
+    if not isinstance(token, str) or not token.strip():
+        raise ConfigError(f"{variable} is empty; set it to the App Token from the CINNOX dashboard")
+    token = token.strip()
+    if not all("!" <= char <= "~" for char in token):
+        raise ConfigError(
+            f"{variable} contains whitespace, control or non-ASCII characters; "
+            "paste the App Token exactly as the CINNOX dashboard shows it"
+        )
+    if len(token) < settings.MIN_TOKEN_LENGTH:
+        raise ConfigError(
+            f"{variable} is shorter than {settings.MIN_TOKEN_LENGTH} characters, too short to be an "
+            "App Token; paste the whole App Token from the CINNOX dashboard"
+        )
+    return token
+
+
+def _one_line(text: object, limit: int | None = 300) -> str:
+    """``text`` with whitespace runs collapsed to one space, cut to ``limit`` characters (``None``: never)."""
     flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 _URL_IN_TEXT = re.compile(r"url: \S+")
@@ -402,11 +427,10 @@ class CinnoxClient:
         logger: logging.Logger | None = None,
         rate_limiter: RateLimiter | None = None,
     ) -> None:
-        self.base_url = _validate_base_url(base_url)
+        self.base_url = validate_base_url(base_url)
         if not isinstance(app_id, str) or not app_id.strip():
             raise ConfigError("CINNOX_APP_ID is empty; set it to the App ID from the CINNOX dashboard")
-        if not isinstance(token, str) or not token.strip():
-            raise ConfigError("CINNOX_APP_TOKEN is empty; set it to the App Token from the CINNOX dashboard")
+        token = validate_token(token)
         if not 1 <= page_size <= settings.PAGE_SIZE:
             raise ConfigError(f"page_size must be between 1 and {settings.PAGE_SIZE}, got {page_size}")
         if max_attempts < 1:
@@ -417,7 +441,9 @@ class CinnoxClient:
             raise ConfigError("backoff_base_s and backoff_max_s must be >= 0 seconds")
 
         self.app_id = app_id.strip()
-        self._token = token.strip()
+        self._token = token
+        # the forms the token can take in a text: as sent, and percent-encoded inside a URL
+        self._token_forms = tuple(dict.fromkeys((token, quote(token, safe=""))))
         self._auth = _BearerAuth(self._token)
         self.page_size = page_size
         self.connect_timeout = float(connect_timeout)
@@ -489,15 +515,25 @@ class CinnoxClient:
 
     # -- one request, bounded retries -----------------------------------------------------------
 
-    def _redact(self, text: object) -> str:
-        return _one_line(text).replace(self._token, "<redacted>")
+    def _redact(self, text: object, limit: int | None = 300) -> str:
+        """``text`` on one line with every occurrence of the token replaced, then cut to ``limit``.
+
+        Every occurrence is replaced, inside longer words too, and before the text is cut, so
+        neither the whole token nor a prefix of it survives. The token has no whitespace and at
+        least ``settings.MIN_TOKEN_LENGTH`` characters (:func:`validate_token`), so ordinary text
+        is never hit.
+        """
+        flat = str(text)
+        for form in self._token_forms:
+            flat = flat.replace(form, "<redacted>")
+        return _one_line(flat, limit)
 
     def _safe_url(self, path: str, params: Mapping[str, Any]) -> str:
         """Path (with the base URL's prefix) and whitelisted query; what logs and errors show."""
         prefix = urlsplit(self.base_url).path.rstrip("/")
         shown = [(k, params[k]) for k in _LOGGABLE_PARAMS if k in params]
         query = urlencode(shown, safe=":")
-        return f"{prefix}{path}" + (f"?{query}" if query else "")
+        return self._redact(f"{prefix}{path}" + (f"?{query}" if query else ""), limit=None)
 
     def _retry_after_seconds(self, response: requests.Response) -> float | None:
         raw = response.headers.get("Retry-After")
@@ -518,19 +554,14 @@ class CinnoxClient:
             return None
         return max(0.0, seconds)
 
-    def _classify(
-        self, response: requests.Response, content: bytes, url: str, decode: PageDecoder | None = None
-    ) -> tuple[Any, CinnoxError | None, str | None]:
-        """Return ``(body, None, None)`` for a usable answer, else ``(None, error, error_kind)``.
+    def _classify(self, response: requests.Response, content: bytes, url: str) -> dict:
+        """Return the JSON object of a usable answer; raise the :class:`CinnoxError` it amounts to.
 
-        With ``decode``, a 2xx body the hook accepts is returned as ``(_Decoded(page), None, None)``
-        without being decoded as JSON here; anything it declines is classified as JSON below.
+        The error's ``kind`` labels the failure for :attr:`stats` (``http_<status>``,
+        ``body_<code>``, ``invalid_json``, ``payload``); retriable errors carry the answer's
+        ``Retry-After`` (honoured on 503s too).
         """
         status = response.status_code
-        if decode is not None and 200 <= status < 300:
-            page = decode(content)
-            if page is not None:
-                return _Decoded(page), None, None
         body: Any = None
         decoded = False
         try:
@@ -549,75 +580,68 @@ class CinnoxClient:
             raw_message = body.get(settings.ENVELOPE_MESSAGE)
             if raw_message is not None:
                 message = self._redact(raw_message)
+        reason = self._redact(response.reason) if response.reason else None
         common = {"status": status, "code": code, "url": url}
+        retry_after = self._retry_after_seconds(response)
 
         if status == 429 or code == settings.CODE_TOO_MANY_REQUESTS:
-            kind = "http_429" if status == 429 else f"body_{code}"
-            return (
-                None,
-                ThrottledError(
-                    message or "too many requests", retry_after=self._retry_after_seconds(response), **common
-                ),
-                kind,
-            )
+            raise ThrottledError(message or "too many requests", retry_after=retry_after,
+                                 kind="http_429" if status == 429 else f"body_{code}", **common)
         if code == settings.CODE_BAD_RESPONSE:
-            return None, RetriableError(message or "bad response from the service", **common), f"body_{code}"
+            raise RetriableError(message or "bad response from the service", retry_after=retry_after,
+                                 kind=f"body_{code}", **common)
         if status >= 500:
-            return (
-                None,
-                RetriableError(message or response.reason or "server error", **common),
-                f"http_{status}",
-            )
+            raise RetriableError(message or reason or "server error", retry_after=retry_after,
+                                 kind=f"http_{status}", **common)
         if status in (401, 403):
-            return None, AuthError(message or response.reason or "unauthorized", **common), f"http_{status}"
+            raise AuthError(message or reason or "unauthorized", kind=f"http_{status}", **common)
         if 400 <= status < 500:
-            return (
-                None,
-                BadRequestError(message or response.reason or "bad request", **common),
-                f"http_{status}",
-            )
+            raise BadRequestError(message or reason or "bad request", kind=f"http_{status}", **common)
         if not 200 <= status < 300:
-            return None, FatalError(message or f"unexpected HTTP status {status}", **common), f"http_{status}"
+            raise FatalError(message or f"unexpected HTTP status {status}", kind=f"http_{status}", **common)
         if not decoded:
-            return (
-                None,
-                RetriableError(f"body is not valid JSON (truncated?), {len(content)} bytes", **common),
-                "invalid_json",
-            )
+            raise RetriableError(f"body is not valid JSON (truncated?), {len(content)} bytes",
+                                 retry_after=retry_after, kind="invalid_json", **common)
         if not isinstance(body, dict):
-            return (
-                None,
-                PayloadError(f"expected a JSON object, got {type(body).__name__}", **common),
-                "payload",
-            )
+            raise PayloadError(f"expected a JSON object, got {type(body).__name__}", kind="payload", **common)
         if code is not None and code != settings.CODE_OK:
             if code == settings.CODE_BAD_PARAMETERS:
-                return None, BadRequestError(message or "bad parameters", **common), f"body_{code}"
-            return None, FatalError(message or "non-zero CINNOX code", **common), f"body_{code}"
-        return body, None, None
+                raise BadRequestError(message or "bad parameters", kind=f"body_{code}", **common)
+            raise FatalError(message or "non-zero CINNOX code", kind=f"body_{code}", **common)
+        return body
 
-    def _transport_error(self, exc: Exception, url: str) -> tuple[CinnoxError, str]:
-        """Map a requests / urllib3 exception to our error tree and an error kind."""
+    def _transport_error(self, exc: Exception, url: str) -> CinnoxError:
+        """Map a requests / urllib3 exception (or a ``ValueError`` raised while building the
+        request) to our error tree, with its ``kind`` set."""
+        if isinstance(exc, ValueError) and not isinstance(exc, _RETRIABLE_TRANSPORT_ERRORS):
+            # e.g. 'Invalid header value b"Bearer ..."' or a codec error on a header: the text
+            # holds the value in an escaped form no redaction can be sure to match, so drop it
+            return FatalError(
+                f"the request could not be built ({type(exc).__name__}): a header or URL value is "
+                "invalid; check CINNOX_APP_TOKEN, CINNOX_APP_ID and CINNOX_BASE_URL",
+                url=url,
+                kind="request",
+            )
         # urllib3 texts can embed the full URL; describe the root cause and swap any URL for the safe one
         root = _root_cause(exc)
         detail = _URL_IN_TEXT.sub(f"url: {url}", str(root))
         name = type(exc).__name__ if root is exc else f"{type(exc).__name__}/{type(root).__name__}"
         description = self._redact(f"{name}: {detail}")
         if isinstance(exc, requests.exceptions.SSLError) and "certificate" in str(exc).lower():
-            return FatalError(f"TLS verification failed, check ca_bundle: {description}", url=url), "tls"
+            return FatalError(f"TLS verification failed, check ca_bundle: {description}", url=url, kind="tls")
         if isinstance(exc, requests.exceptions.ConnectTimeout):
-            return RetriableError(description, url=url), "connect_timeout"
+            return RetriableError(description, url=url, kind="connect_timeout")
         if isinstance(exc, requests.exceptions.Timeout):
-            return RetriableError(description, url=url), "timeout"
+            return RetriableError(description, url=url, kind="timeout")
         if isinstance(exc, requests.exceptions.ChunkedEncodingError | urllib3.exceptions.ProtocolError):
-            return RetriableError(description, url=url), "truncated"
+            return RetriableError(description, url=url, kind="truncated")
         if isinstance(exc, requests.exceptions.ContentDecodingError | urllib3.exceptions.DecodeError):
-            return RetriableError(description, url=url), "decoding"
+            return RetriableError(description, url=url, kind="decoding")
         if isinstance(exc, _RETRIABLE_TRANSPORT_ERRORS):
             # a read timeout while streaming the body also surfaces as ConnectionError
             kind = "timeout" if "timed out" in str(exc).lower() else "connection"
-            return RetriableError(description, url=url), kind
-        return FatalError(description, url=url), "request"
+            return RetriableError(description, url=url, kind=kind)
+        return FatalError(description, url=url, kind="request")
 
     def _backoff_seconds(self, retry_index: int, retry_after: float | None) -> float:
         """Delay before retry number ``retry_index`` (0-based): Retry-After if given, else full jitter."""
@@ -631,60 +655,38 @@ class CinnoxClient:
         body, content = self._get(path, params)
         return body, len(content)
 
-    def _get(self, path: str, params: Mapping[str, Any], decode: PageDecoder | None = None) -> tuple[Any, bytes]:
+    def _get(self, path: str, params: Mapping[str, Any]) -> tuple[dict, bytes]:
         """GET ``base_url + path`` with ``params``; return ``(body, content)``. The only retry loop.
 
-        ``body`` is the decoded JSON object, or a :class:`_Decoded` when ``decode`` took the body.
+        ``body`` is the decoded JSON object, ``content`` the body as received.
         Retries (bounded by ``max_attempts``, full-jitter exponential backoff, ``Retry-After``
         honoured up to ``backoff_max_s``): HTTP 429 and 5xx, timeouts, connection resets, truncated
         or non-JSON bodies, body code 6451010 / 6451001 under any status. Raises at once:
         :class:`AuthError` (401/403), :class:`BadRequestError` (400, 6451000, other 4xx),
-        :class:`FatalError` (other non-zero body codes), :class:`PayloadError` (2xx non-object).
-        Raises :class:`RetriesExhaustedError` when the attempts run out; see
-        :meth:`worst_case_retry_seconds` for the time bound.
+        :class:`FatalError` (other non-zero body codes, a request that cannot be built),
+        :class:`PayloadError` (2xx non-object). Raises :class:`RetriesExhaustedError` when the
+        attempts run out; see :meth:`worst_case_retry_seconds` for the time bound.
         """
         url = f"{self.base_url}{path}"
         safe_url = self._safe_url(path, params)
-        timeout = (self.connect_timeout, self.read_timeout)
         started = time.monotonic()
         last_error: RetriableError | None = None
 
         for attempt in range(1, self.max_attempts + 1):
             waited = self.rate_limiter.acquire()
             self.stats.add(requests=1, wait_s=waited)
-            retry_after: float | None = None
             try:
-                # stream=True and one read of the whole body: requests' chunked .content costs
-                # about 0.5 ms of CPU per 150 KB page, under the GIL.
-                response = self.session.get(
-                    url,
-                    params=dict(params),
-                    headers=self._headers,
-                    auth=self._auth,
-                    timeout=timeout,
-                    verify=self.verify,
-                    stream=True,
-                )
-                try:
-                    content = _read_body(response)
-                finally:
-                    response.close()
-            except _RETRIABLE_TRANSPORT_ERRORS + (requests.exceptions.RequestException,) as exc:
-                error, kind = self._transport_error(exc, safe_url)
-            else:
-                self.stats.add(nbytes=len(content))
-                body, error, kind = self._classify(response, content, safe_url, decode)
-                if error is None:
-                    return body, content
-                retry_after = self._retry_after_seconds(response)  # honoured on 503s too
-
-            self.stats.add(error=kind, throttles=1 if isinstance(error, ThrottledError) else 0)
+                return self._attempt(url, params, safe_url)
+            except CinnoxError as caught:
+                error = caught
+            # raised below, outside the handler: no error ever chains a requests exception
+            self.stats.add(error=error.kind, throttles=1 if isinstance(error, ThrottledError) else 0)
             if not isinstance(error, RetriableError):
                 raise error
             last_error = error
             if attempt == self.max_attempts:
                 break
-            delay = self._backoff_seconds(attempt - 1, retry_after)
+            delay = self._backoff_seconds(attempt - 1, error.retry_after)
             self.stats.add(retries=1)
             self._log.warning(
                 "CINNOX retry: GET %s attempt %d/%d failed (%s); sleeping %.2fs",
@@ -701,63 +703,81 @@ class CinnoxClient:
             attempts=self.max_attempts, elapsed_s=time.monotonic() - started, last_error=last_error
         )
 
+    def _attempt(self, url: str, params: Mapping[str, Any], safe_url: str) -> tuple[dict, bytes]:
+        """One GET: ``(body, content)``, or raise the :class:`CinnoxError` the failure amounts to."""
+        failure: CinnoxError | None = None
+        try:
+            # stream=True and one read of the whole body: requests' chunked .content costs
+            # about 0.5 ms of CPU per 150 KB page, under the GIL.
+            response = self.session.get(
+                url,
+                params=dict(params),
+                headers=self._headers,
+                auth=self._auth,
+                timeout=(self.connect_timeout, self.read_timeout),
+                verify=self.verify,
+                stream=True,
+            )
+            try:
+                content = _read_body(response)
+            finally:
+                response.close()
+        except _RETRIABLE_TRANSPORT_ERRORS + (requests.exceptions.RequestException, ValueError) as exc:
+            failure = self._transport_error(exc, safe_url)
+        if failure is not None:
+            raise failure  # outside the handler, so the requests exception is not its __context__
+        self.stats.add(nbytes=len(content))
+        return self._classify(response, content, safe_url), content
+
     # -- paging ---------------------------------------------------------------------------------
 
-    def _paginate(
-        self, endpoint: str, path: str, params: Mapping[str, Any], decode: PageDecoder | None = None
-    ) -> Iterator[Page]:
+    def _paginate(self, endpoint: str, path: str, params: Mapping[str, Any]) -> Iterator[Page]:
         """Yield the pages of one listing: ``offset`` from 0 in steps of the rows received.
 
         Stops after a short page (fewer than ``limit`` rows, empty included). Raises
-        :class:`PayloadError` when ``result`` is missing or not a list of objects, when a full page
-        repeats the previous one exactly (the server ignores ``offset``), or after
+        :class:`PayloadError` when ``result`` is missing, null or not a list of objects, when a full
+        page repeats the previous one exactly (the server ignores ``offset``), or after
         ``settings.MAX_PAGES_PER_LISTING`` pages.
         """
         history_id = params.get(settings.PARAM_HISTORY_ID)
         limit = self.page_size
         offset = 0
-        previous: Any = None
+        previous: list[dict] | None = None
         for _ in range(settings.MAX_PAGES_PER_LISTING):
             page_params = {**params, settings.PARAM_OFFSET: offset, settings.PARAM_LIMIT: limit}
-            body, content = self._get(path, page_params, decode)
+            body, content = self._get(path, page_params)
             safe_url = self._safe_url(path, page_params)
-            if isinstance(body, _Decoded):
-                rows, decoded, records = body.page, body.page, None
-            else:
-                rows = records = body.get(settings.ENVELOPE_RESULT)
-                decoded = None
-                if not isinstance(records, list):
-                    raise PayloadError(
-                        f"'{settings.ENVELOPE_RESULT}' is {'missing' if records is None else type(records).__name__}, "
-                        "expected a list",
-                        status=200,
-                        url=safe_url,
-                    )
-                if not all(isinstance(row, dict) for row in records):
-                    raise PayloadError(
-                        f"'{settings.ENVELOPE_RESULT}' holds non-object rows", status=200, url=safe_url
-                    )
-            row_count = len(rows)
-            full = row_count >= limit
-            if full and previous is not None and _same_rows(rows, previous):
+            records = body.get(settings.ENVELOPE_RESULT)
+            if not isinstance(records, list):
+                shape = ("missing" if settings.ENVELOPE_RESULT not in body
+                         else "null" if records is None else type(records).__name__)  # fmt: skip
+                raise PayloadError(
+                    f"'{settings.ENVELOPE_RESULT}' is {shape}, expected a list", status=200, url=safe_url,
+                    kind="payload",
+                )
+            if not all(isinstance(row, dict) for row in records):
+                raise PayloadError(f"'{settings.ENVELOPE_RESULT}' holds non-object rows", status=200,
+                                   url=safe_url, kind="payload")
+            full = len(records) >= limit
+            if full and previous is not None and records == previous:
                 raise PayloadError(
                     f"page at offset {offset} repeats the previous page: the server ignores "
                     f"'{settings.PARAM_OFFSET}', stopping an endless listing",
                     status=200,
                     url=safe_url,
+                    kind="payload",
                 )
-            yield Page(
-                endpoint=endpoint, offset=offset, nbytes=len(content), history_id=history_id, body=content,
-                decoded=decoded, row_count=row_count, _records=records,
-            )  # fmt: skip
+            yield Page(endpoint=endpoint, offset=offset, nbytes=len(content), history_id=history_id,
+                       body=content, records=records)
             if not full:
                 return
-            previous = rows
-            offset += row_count
+            previous = records
+            offset += len(records)
         raise PayloadError(
             f"listing did not end after {settings.MAX_PAGES_PER_LISTING} pages",
             status=200,
             url=self._safe_url(path, params),
+            kind="payload",
         )
 
     def iter_summary_pages(self, start_at: datetime, end_at: datetime) -> Iterator[Page]:
@@ -772,30 +792,14 @@ class CinnoxClient:
         }
         return self._paginate("summary", self.summary_path, params)
 
-    def iter_detail_pages(self, history_id: str, decode: PageDecoder | None = None) -> Iterator[Page]:
+    def iter_detail_pages(self, history_id: str) -> Iterator[Page]:
         """Pages of ``sent-campaigns-detail`` (one row per recipient) of the campaign ``history_id``.
 
-        ``history_id`` is the summary row's ``id``; an empty one raises ``ValueError``. With
-        ``decode`` (see :data:`PageDecoder`), each 2xx body is first offered to the hook, in the
-        fetching thread; the bodies it takes come back as ``page.decoded``.
+        ``history_id`` is the summary row's ``id``; an empty one raises ``ValueError``.
         """
         if not isinstance(history_id, str) or not history_id.strip():
             raise ValueError("history_id must be a non-empty string (the summary row's 'id')")
-        return self._paginate("detail", self.detail_path, {settings.PARAM_HISTORY_ID: history_id}, decode)
-
-
-@dataclass(frozen=True)
-class _Decoded:
-    """A body the caller's ``decode`` hook took."""
-
-    page: Any
-
-
-def _same_rows(rows: Any, previous: Any) -> bool:
-    """True when two pages hold the same rows (lists of dicts, or decoded pages with ``equals``)."""
-    if isinstance(rows, list) or isinstance(previous, list):
-        return rows == previous
-    return type(rows) is type(previous) and bool(rows.equals(previous))
+        return self._paginate("detail", self.detail_path, {settings.PARAM_HISTORY_ID: history_id})
 
 
 def _read_body(response: requests.Response) -> bytes:

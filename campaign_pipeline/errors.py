@@ -4,10 +4,15 @@
 
     CampaignPipelineError                  base of everything we raise
     ├── ConfigError                        bad configuration or date range; one line that says how to fix it
-    └── CinnoxError                        anything from the CINNOX API: .status, .code, .cinnox_message, .url
+    ├── WarehouseError                     the warehouse is unreachable or its schema disagrees with the
+    │                                      declared Arrow schemas
+    ├── LandingMissingError                a re-split was asked for a day that was never landed
+    └── CinnoxError                        anything from the CINNOX API: .status, .code, .cinnox_message,
+        │                                  .url, .kind (label for counters, e.g. http_503, timeout)
         ├── RetriableError                 429, 5xx, timeouts, resets, truncated / non-JSON bodies,
-        │   │                              body code 6451010 / 6451001 (even under HTTP 200)
-        │   └── ThrottledError             429 or body code 6451010; .retry_after (seconds or None)
+        │   │                              body code 6451010 / 6451001 (even under HTTP 200);
+        │   │                              .retry_after (the server's Retry-After in seconds, or None)
+        │   └── ThrottledError             429 or body code 6451010
         ├── FatalError                     never retried
         │   ├── BadRequestError            400 / body code 6451000, and any other 4xx
         │   └── AuthError                  401 / 403: check CINNOX_APP_TOKEN / CINNOX_APP_ID
@@ -31,10 +36,12 @@ __all__ = [
     "CinnoxError",
     "ConfigError",
     "FatalError",
+    "LandingMissingError",
     "PayloadError",
     "RetriableError",
     "RetriesExhaustedError",
     "ThrottledError",
+    "WarehouseError",
 ]
 
 
@@ -54,6 +61,14 @@ class ConfigError(CampaignPipelineError):
         super().__init__(_one_line(message))
 
 
+class WarehouseError(CampaignPipelineError):
+    """The warehouse is unreachable or its schema disagrees with the declared Arrow schemas."""
+
+
+class LandingMissingError(CampaignPipelineError):
+    """A re-split was asked for a day that was never landed."""
+
+
 class CinnoxError(CampaignPipelineError):
     """An error from (or while talking to) the CINNOX API.
 
@@ -63,6 +78,8 @@ class CinnoxError(CampaignPipelineError):
         cinnox_message: CINNOX body ``message``, or a short description of the transport failure.
         url: sanitized request target: path plus whitelisted query parameters; never the token.
         method: HTTP method, ``GET`` for every CINNOX call we make.
+        kind: short label of the failure for counters, e.g. ``http_503``, ``body_6451010``,
+            ``timeout``, ``invalid_json``; ``None`` when the error was not built by the client.
     """
 
     #: Optional fix-it hint appended to ``str()`` by subclasses.
@@ -76,12 +93,14 @@ class CinnoxError(CampaignPipelineError):
         code: int | None = None,
         url: str | None = None,
         method: str = "GET",
+        kind: str | None = None,
     ) -> None:
         self.status = status
         self.code = code
         self.cinnox_message = _one_line(cinnox_message) if cinnox_message is not None else None
         self.url = url
         self.method = method
+        self.kind = kind
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -112,6 +131,7 @@ class CinnoxError(CampaignPipelineError):
             "code": self.code,
             "url": self.url,
             "method": self.method,
+            "kind": self.kind,
         }
 
     def __reduce__(self):  # keyword-only constructor: make pickling (multiprocess executors) work
@@ -125,14 +145,11 @@ def _rebuild(cls: type[CinnoxError], cinnox_message: str | None, state: dict[str
 
 class RetriableError(CinnoxError):
     """A transient failure worth retrying: 429, 5xx, timeout, reset, truncated or non-JSON body,
-    body code 6451010 / 6451001."""
-
-
-class ThrottledError(RetriableError):
-    """CINNOX asked us to slow down (HTTP 429 or body code 6451010).
+    body code 6451010 / 6451001.
 
     Attributes:
-        retry_after: seconds the server asked us to wait (``Retry-After``), or ``None``.
+        retry_after: seconds the server asked us to wait (``Retry-After``, honoured on any
+            retriable answer, 503 included), or ``None``.
     """
 
     def __init__(
@@ -141,14 +158,18 @@ class ThrottledError(RetriableError):
         self.retry_after = retry_after
         super().__init__(cinnox_message, **kwargs)
 
+    def _state(self) -> dict[str, object]:
+        return {**super()._state(), "retry_after": self.retry_after}
+
+
+class ThrottledError(RetriableError):
+    """CINNOX asked us to slow down (HTTP 429 or body code 6451010); ``str()`` shows ``retry_after``."""
+
     def _render(self) -> str:
         text = super()._render()
         if self.retry_after is not None:
             text += f" retry_after={self.retry_after:g}s"
         return text
-
-    def _state(self) -> dict[str, object]:
-        return {**super()._state(), "retry_after": self.retry_after}
 
 
 class FatalError(CinnoxError):
@@ -194,6 +215,7 @@ class RetriesExhaustedError(CinnoxError):
             code=last_error.code,
             url=last_error.url,
             method=last_error.method,
+            kind=last_error.kind,
         )
 
     def _render(self) -> str:

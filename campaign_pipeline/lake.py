@@ -5,15 +5,18 @@ Layout under the lake root (``<app>`` is the app's key, ``default`` for a single
     raw/date=YYYY-MM-DD/responses-<app>.ndjson.zst  one JSON line per API response page (zstd)
     <table>/date=YYYY-MM-DD/part-<app>.parquet      one file per table, day and app
 
-Every file is written atomically: to a hidden temporary name beside its final path (readers of
-hive datasets skip names starting with ``.``), then renamed over the final name. On object
-stores, where a single upload is already atomic, the file is written to a local temporary file
-and uploaded to its final key only once it is complete.
+Every file is written in two steps: staged under a hidden temporary name beside its final path
+(readers of hive datasets skip names starting with ``.``), then committed by a rename over the
+final name once the day has passed its checks (:class:`StagedFile`). On object stores, where a
+single upload is already atomic, the file is staged as a local temporary file and uploaded to its
+final key at commit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -98,45 +101,42 @@ class Lake:
         """True if a file exists at ``path``."""
         return self.fs.get_file_info(path).type == pafs.FileType.File
 
-    # -- atomic writes -----------------------------------------------------------------------
+    # -- staged (write, then publish) writes -------------------------------------------------
     @contextmanager
-    def _atomic_output(self, path: str) -> Iterator[pa.NativeFile]:
+    def _staged_output(self, path: str) -> Iterator[tuple[pa.NativeFile, StagedFile]]:
+        """A stream to a hidden temporary file; once the block completes, the returned
+        :class:`StagedFile` is complete but not yet visible at ``path`` (see :meth:`StagedFile.commit`).
+        If the block fails, the temporary file is removed."""
         directory = path.rsplit("/", 1)[0]
-        self.fs.create_dir(directory, recursive=True)
-        if not self.is_local:
-            # Written to a local temporary file first and uploaded only once complete: closing an
-            # object-store stream completes the upload, so a write that failed halfway (a
-            # streamed source that raised) would otherwise replace the object with a truncated one.
-            with tempfile.TemporaryDirectory(prefix="campaign-upload-") as scratch:
-                local = os.path.join(scratch, "object")
-                with pa.OSFile(local, "wb") as stream:
-                    yield stream
-                pafs.copy_files(local, path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=self.fs)
-            return
-        _remove_orphaned_temps(directory)
-        temp = f"{directory}/.{path.rsplit('/', 1)[1]}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
+        if self.is_local:
+            self.fs.create_dir(directory, recursive=True)
+            _remove_orphaned_temps(directory)
+            temp = f"{directory}/.{path.rsplit('/', 1)[1]}{_TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex}"
+        else:
+            # Object stores: written to a local temporary file and uploaded only at commit, since
+            # closing an object-store stream completes the upload (a write that failed halfway
+            # would otherwise replace the object with a truncated one).
+            temp = os.path.join(tempfile.mkdtemp(prefix="campaign-upload-"), "object")
+        staged = StagedFile(self, path, temp)
         try:
-            with self.fs.open_output_stream(temp, compression=None) as stream:
-                yield stream
+            with pa.OSFile(temp, "wb") as stream:
+                yield stream, staged
             with open(temp, "rb+") as handle:  # durable before it becomes visible
                 os.fsync(handle.fileno())
-            crash_point("file_before_rename")
-            self.fs.move(temp, path)
-        finally:
-            if self.fs.get_file_info(temp).type != pafs.FileType.NotFound:
-                self.fs.delete_file(temp)
+        except BaseException:
+            staged.discard()
+            raise
 
-    def write_parquet(self, table_name: str, day: date, data: pa.Table | pa.RecordBatchReader,
-                      app_key: str = DEFAULT_APP_KEY) -> str:
-        """Atomically replace one table's day (for one app) with ``data``, a table or a stream of
-        record batches written as it is read, in row groups of ``PARQUET_ROW_GROUP_ROWS`` rows (the
-        last one smaller). An empty table is written too, so a day that lost all its rows does not
-        keep stale ones. Returns the path."""
+    def stage_parquet(self, table_name: str, day: date, data: pa.Table | pa.RecordBatchReader,
+                      app_key: str = DEFAULT_APP_KEY) -> StagedFile:
+        """Write one table's day (for one app) as a staged Parquet file (visible only after its
+        :meth:`StagedFile.commit`), in row groups of ``PARQUET_ROW_GROUP_ROWS`` rows. An empty
+        table is written too, so a day that lost all its rows does not keep stale ones."""
         path = self.parquet_path(table_name, day, app_key)
         reader = data.to_reader() if isinstance(data, pa.Table) else data
         spec = schemas.TABLES.get(table_name)
         dictionary = [n for n in reader.schema.names if n not in spec.mostly_unique_columns] if spec else True
-        with (self._atomic_output(path) as stream,
+        with (self._staged_output(path) as (stream, staged),
               pq.ParquetWriter(stream, reader.schema, compression="zstd", use_dictionary=dictionary) as out):
             pending: list[pa.RecordBatch] = []
             pending_rows = 0
@@ -150,7 +150,13 @@ class Lake:
                     pending, pending_rows = rest.to_batches(), rest.num_rows
             if pending_rows:
                 out.write_table(pa.Table.from_batches(pending), row_group_size=pending_rows)
-        return path
+        return staged
+
+    def write_parquet(self, table_name: str, day: date, data: pa.Table | pa.RecordBatchReader,
+                      app_key: str = DEFAULT_APP_KEY) -> str:
+        """Atomically replace one table's day (for one app) with ``data`` (see
+        :meth:`stage_parquet`); returns the path."""
+        return self.stage_parquet(table_name, day, data, app_key).commit()
 
     def read_parquet(self, table_name: str, day: date, app_key: str = DEFAULT_APP_KEY) -> pa.Table | None:
         """One table's day (for one app) as Arrow, or ``None`` when it was never written."""
@@ -163,10 +169,13 @@ class Lake:
     # -- raw landing -----------------------------------------------------------------------
     @contextmanager
     def raw_writer(self, day: date, app_key: str = DEFAULT_APP_KEY) -> Iterator[RawWriter]:
-        """Write a day's raw landing file; it becomes visible only if the block completes."""
-        with self._atomic_output(self.raw_path(day, app_key)) as stream:
+        """Write a day's raw landing file. Once the block completes, ``writer.staged`` holds the
+        complete file, visible only after its :meth:`StagedFile.commit`."""
+        with self._staged_output(self.raw_path(day, app_key)) as (stream, staged):
             with pa.CompressedOutputStream(stream, RAW_CODEC) as compressed:
-                yield RawWriter(compressed)
+                writer = RawWriter(compressed)
+                yield writer
+            writer.staged = staged
 
     def has_raw(self, day: date, app_key: str = DEFAULT_APP_KEY) -> bool:
         """True if a complete raw landing file exists for ``day``."""
@@ -181,6 +190,44 @@ class Lake:
                 yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), page_records)
 
 
+class StagedFile:
+    """A complete file under a hidden temporary name: :meth:`commit` makes it the file at ``path``
+    (a rename, or the upload on object stores); :meth:`discard` drops it."""
+
+    def __init__(self, lake: Lake, path: str, temp: str):
+        self.lake = lake
+        self.path = path
+        self._temp: str | None = temp
+
+    def __repr__(self) -> str:
+        return f"StagedFile({self.path}, {'pending' if self._temp else 'done'})"
+
+    def commit(self) -> str:
+        """Make the staged file visible at its path, replacing what was there; returns the path."""
+        if self._temp is None:
+            raise RuntimeError(f"{self.path} was already committed or discarded")
+        temp, self._temp = self._temp, None
+        crash_point("file_before_rename")
+        if self.lake.is_local:
+            self.lake.fs.move(temp, self.path)
+        else:
+            self.lake.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(temp, self.path, source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=self.lake.fs)
+            shutil.rmtree(os.path.dirname(temp), ignore_errors=True)
+        return self.path
+
+    def discard(self) -> None:
+        """Remove the staged file (no-op once committed or discarded)."""
+        if self._temp is None:
+            return
+        temp, self._temp = self._temp, None
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        if not self.lake.is_local:
+            shutil.rmtree(os.path.dirname(temp), ignore_errors=True)
+
+
 class RawWriter:
     """Appends API response pages to a raw landing file, one JSON line each.
 
@@ -191,6 +238,7 @@ class RawWriter:
 
     def __init__(self, stream: pa.NativeFile):
         self._stream = stream
+        self.staged: StagedFile | None = None  # set once the file is complete
         self.pages = 0
         self.records = 0
 

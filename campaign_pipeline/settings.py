@@ -44,13 +44,16 @@ DEFAULT_READ_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 30.0
-# Fetch threads also decode and type their pages, so beyond the machine's cores they only add
-# contention and memory (each holds an open campaign): measured on 2 cores against a fast API, 2
-# threads were as fast as 4 and faster than 8. One thread per usable core, 2 to 8. Raise it when the
+# Fetch threads also parse their pages, so beyond the machine's cores they only add contention
+# and memory (each holds an open campaign): measured on 2 cores against a fast API, 2 threads
+# were as fast as 4 and faster than 8. One thread per usable core, 2 to 8. Raise it when the
 # API's latency is what limits (each thread must get a page in 60 * threads / 480 s to keep the
 # default 480/min busy).
 DEFAULT_FETCH_WORKERS = min(8, max(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
                                    else os.cpu_count() or 2))
+
+# A shorter App Token is refused: it could not be told apart from ordinary text when redacting.
+MIN_TOKEN_LENGTH = 8
 
 # --- Channels ---------------------------------------------------------------------------------
 CHANNEL_SMS = "SMS"
@@ -66,5 +69,16 @@ LAKE_DIRNAME = "lake"
 RAW_DIRNAME = "raw"
 WAREHOUSE_FILENAME = "warehouse.duckdb"
 DEFAULT_DATA_DIR = "./data"
+
+# --- Partitions and checks --------------------------------------------------------------------
 DEFAULT_PARTITION_START = "2024-01-01"
 DEFAULT_PARTITION_TZ = "UTC"
+DEFAULT_LOOKBACK_DAYS = 3
+DEFAULT_REJECTED_THRESHOLD = 0.01  # rejected-records share of a day above which its check fails
+
+# --- Embedded simulator (CAMPAIGN_SOURCE=simulator) ------------------------------------
+SIMULATOR_DATA_SUBDIR = "simulator"  # default data dir: <DEFAULT_DATA_DIR>/simulator
+DEFAULT_SIM_SEED = 7  # app number i (0-based) of CAMPAIGN_APPS gets seed + i
+DEFAULT_SIM_CAMPAIGNS_PER_DAY = 8
+DEFAULT_SIM_RECIPIENTS_PER_CAMPAIGN = 150
+SIM_DEFAULT_APP_ID = "sim-app"  # the default app's App ID; app KEY gets "sim-KEY"

@@ -1,37 +1,30 @@
 """Pure transforms: a day's raw API pages -> typed Arrow tables for every warehouse table.
 
-``DaySplitter`` consumes summary pages first, then detail pages, page by page: rows are held as
-compact Arrow record batches per campaign, never as a partition's worth of Python dicts. It keeps
-only campaigns inside the partition window (the API's ``endAt`` may be inclusive), de-duplicates
-each campaign's messages on (campaign_id, recipient) keeping the latest ``last_updated_at``, and
-``finish()`` returns the tables sorted deterministically so a re-run produces identical files.
-
-Given a staging directory (beside the warehouse), each campaign's de-duplicated messages are written there
-as an Arrow IPC file as soon as the campaign is complete, and dropped from memory: a day's message
-tables are then read back campaign by campaign (:meth:`DayTable.reader`) when they are published,
-so memory holds the campaigns being fetched, not the day.
+``DaySplitter`` consumes summary pages first, then detail pages, page by page, typing every record
+with :mod:`campaign_pipeline.records` (the one typing path). Rows are held as compact Arrow tables
+per campaign, never as a partition's worth of Python dicts. It keeps only campaigns inside the
+partition window (the API's ``endAt`` may be inclusive), de-duplicates each campaign's messages on
+(campaign_id, recipient) keeping the latest ``last_updated_at`` as soon as the campaign's last page
+is in, and ``finish()`` returns the tables sorted deterministically so a re-run produces identical
+files. A whole 10x day is about 50 MB of Arrow, so a day's tables stay in memory.
 """
 
 from __future__ import annotations
 
-import shutil
 import threading
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import date
-from pathlib import Path
 
 import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from campaign_pipeline import records, schemas, settings
-from campaign_pipeline.columnar import clean_page_batch, typed_detail_batch
 from campaign_pipeline.windows import PartitionWindow
 
 _BATCH_ROWS = 20_000
-_STAGED_BATCH_ROWS = 4_096  # rows per record batch of a staged campaign
 
 
 @dataclass
@@ -64,54 +57,49 @@ class SplitStats:
 
 
 class DayTable:
-    """One table's rows for one day, in order: parts that are row tables (the schema without the
-    partition columns), held in memory or staged as Arrow IPC files on disk. Reading adds
-    ``app_id`` and ``partition_date`` batch by batch, so a staged table is never whole in memory."""
+    """One table's rows for one day: row tables (the schema without the partition columns) in
+    order. Reading adds ``app_id`` and ``partition_date`` batch by batch."""
 
-    def __init__(self, schema: pa.Schema, app_id: str, day: date, parts: list[pa.Table | Path] | None = None,
-                 num_rows: int = 0):
+    def __init__(self, schema: pa.Schema, app_id: str, day: date, parts: list[pa.Table] | None = None):
         self.schema = schema
         self.app_id = app_id
         self.day = day
-        self.parts: list[pa.Table | Path] = parts or []
-        self.num_rows = num_rows
+        self.parts: list[pa.Table] = parts or []
 
     def __repr__(self) -> str:
         return f"DayTable({self.num_rows} rows in {len(self.parts)} parts)"
 
+    @property
+    def num_rows(self) -> int:
+        """Rows in the table."""
+        return sum(part.num_rows for part in self.parts)
+
     def batches(self) -> Iterator[pa.RecordBatch]:
         """The rows as record batches of the table's schema, part by part."""
         for part in self.parts:
-            if isinstance(part, Path):
-                with pa.OSFile(str(part)) as source:
-                    for batch in pa.ipc.open_stream(source):
-                        yield with_partition_columns(batch, self.schema, self.app_id, self.day)
-            else:
-                for batch in part.to_batches():
-                    yield with_partition_columns(batch, self.schema, self.app_id, self.day)
+            for batch in part.to_batches():
+                yield with_partition_columns(batch, self.schema, self.app_id, self.day)
 
     def reader(self) -> pa.RecordBatchReader:
         """A one-pass stream of the rows (for Parquet and DuckDB); each call starts a new pass."""
         return pa.RecordBatchReader.from_batches(self.schema, self.batches())
 
     def read_all(self) -> pa.Table:
-        """The whole table in memory: for tests and small days; the pipeline streams :meth:`reader`."""
+        """The whole table as one Arrow table."""
         return pa.Table.from_batches(list(self.batches()), schema=self.schema)
 
 
 @dataclass
 class DayTables:
-    """The typed tables of one partition, keyed by table name, plus the split's stats. Staged
-    parts live in ``staging_dir`` until :meth:`discard`."""
+    """The typed tables of one partition, keyed by table name, plus the split's stats."""
 
     day: date
     parts: dict[str, DayTable]
     stats: SplitStats
-    staging_dir: Path | None = None
 
     @property
     def tables(self) -> dict[str, pa.Table]:
-        """Every table read whole into memory: for tests and small days (see :meth:`DayTable.reader`)."""
+        """Every table as one Arrow table."""
         return {name: table.read_all() for name, table in self.parts.items()}
 
     @property
@@ -119,24 +107,15 @@ class DayTables:
         """Rows per table."""
         return {name: table.num_rows for name, table in self.parts.items()}
 
-    def discard(self) -> None:
-        """Delete the staged parts (once the day is published); the tables are empty afterwards."""
-        if self.staging_dir is not None:
-            shutil.rmtree(self.staging_dir, ignore_errors=True)
-        for table in self.parts.values():
-            table.parts, table.num_rows = [], 0
-
 
 @dataclass
 class TypedDetailPage:
-    """One detail page typed by :meth:`DaySplitter.type_detail_page`: a record batch for a clean
-    page, else row tuples plus (record, reason) rejections. ``channel`` is ``None`` when the page's
-    campaign is not in the window's summary."""
+    """One detail page typed by :meth:`DaySplitter.type_detail_page`: row tuples plus (record,
+    reason) rejections. ``channel`` is ``None`` when the page's campaign is not in the window's summary."""
 
     history_id: str
     channel: str | None
     row_count: int
-    batch: pa.RecordBatch | None = None
     rows: list[tuple] = field(default_factory=list)
     rejected: list[tuple] = field(default_factory=list)
     unknown_fields: set[str] = field(default_factory=set)
@@ -146,22 +125,18 @@ class _ColumnBuffer:
     """Row tuples buffered briefly, flushed to Arrow record batches every ``_BATCH_ROWS`` rows."""
 
     def __init__(self, schema: pa.Schema):
-        self.schema = schema
         self.partial_schema = schemas.row_schema(schema)
         self.rows: list[tuple] = []
         self.batches: list[pa.RecordBatch] = []
 
-    def append(self, row: tuple) -> None:
-        self.rows.append(row)
+    def extend(self, rows: list[tuple]) -> None:
+        """Append row tuples in the row schema's column order."""
+        self.rows.extend(rows)
         if len(self.rows) >= _BATCH_ROWS:
             self.flush()
 
-    def append_batch(self, batch: pa.RecordBatch) -> None:
-        """Append an already typed batch, after the rows that arrived before it."""
-        self.flush()
-        self.batches.append(batch)
-
     def flush(self) -> None:
+        """Turn the buffered rows into one record batch."""
         if not self.rows:
             return
         columns = list(zip(*self.rows, strict=True))
@@ -177,6 +152,7 @@ class _ColumnBuffer:
         table = pa.Table.from_batches(self.batches, schema=self.partial_schema)
         self.batches = []
         return table
+
 
 def with_partition_columns(data, schema: pa.Schema, app_id: str, day: date):
     """Add the constant ``app_id`` and ``partition_date`` columns to a row table or record batch,
@@ -195,12 +171,14 @@ _CAMPAIGN_COLUMNS = schemas.row_schema(schemas.CAMPAIGNS_SCHEMA).names
 
 
 class DaySplitter:
-    """Split one partition's raw pages into typed tables. Feed summary pages, then detail pages."""
+    """Split one partition's raw pages into typed tables. Feed summary pages, then detail pages.
 
-    def __init__(self, window: PartitionWindow, app_id: str, staging_dir: str | Path | None = None):
+    Fetch threads may type pages concurrently (:meth:`type_detail_page`) once the summary is in;
+    one thread per campaign keeps a campaign's pages in order."""
+
+    def __init__(self, window: PartitionWindow, app_id: str):
         self.window = window
         self.app_id = app_id
-        self.staging_dir = Path(staging_dir) if staging_dir is not None else None
         self.stats = SplitStats()
         self._campaign_channels: dict[str, str] = {}
         self._campaigns = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
@@ -208,10 +186,8 @@ class DaySplitter:
         # its pages are in (duplicates only occur within one campaign's listing), so the day's
         # table is its campaigns in id order, with no day-sized sort or copy.
         self._open_campaigns: dict[str, _ColumnBuffer] = {}
-        # campaign id -> (its de-duplicated row table, or the IPC file it is staged in; its rows)
-        self._finished_campaigns: dict[str, tuple[pa.Table | Path, int]] = {}
+        self._finished_campaigns: dict[str, pa.Table] = {}
         self._statuses: dict[str, set[str]] = {}  # channel -> statuses seen
-        self._staged_files = 0
         self._rejected: list[tuple] = []
         self._lock = threading.Lock()
 
@@ -238,33 +214,19 @@ class DaySplitter:
                 self.stats.duplicate_campaigns_dropped += 1
                 continue
             self._campaign_channels[row["campaign_id"]] = row["channel"]
-            self._campaigns.append(tuple(row[c] for c in _CAMPAIGN_COLUMNS))
+            self._campaigns.extend([tuple(row[c] for c in _CAMPAIGN_COLUMNS)])
 
     def add_detail_records(self, history_id: str, page_records: list) -> None:
         """Type the detail records of campaign ``history_id`` into its channel's table."""
         self.add_typed_detail_page(self.type_detail_page(history_id, page_records))
 
-    def type_detail_page(
-        self, history_id: str, page: list | pa.StructArray, load_records: Callable[[], list] | None = None
-    ) -> TypedDetailPage:
-        """Type one detail page without changing the splitter, so fetch threads can call it
-        concurrently once the summary is in; hand the result to :meth:`add_typed_detail_page`.
-
-        ``page`` is the decoded records, or the page as an Arrow struct array
-        (:func:`columnar.decode_detail_body`) plus ``load_records`` to decode them as dicts when
-        the page is not clean enough for the columnar path.
-        """
+    def type_detail_page(self, history_id: str, page_records: list) -> TypedDetailPage:
+        """Type one detail page without changing the splitter (safe to call from several threads
+        once the summary is in); hand the result to :meth:`add_typed_detail_page`."""
         channel = self._campaign_channels.get(history_id)
         if channel is None:
-            return TypedDetailPage(history_id, None, len(page))
-        if isinstance(page, list):
-            fast = clean_page_batch(page, history_id, channel)
-        else:
-            fast = typed_detail_batch(page, history_id, channel)
-        if fast is not None:
-            return TypedDetailPage(history_id, channel, len(page), batch=fast[0], unknown_fields=fast[1])
-        page_records = page if isinstance(page, list) else load_records()
-        typed = TypedDetailPage(history_id, channel, len(page_records), rows=[], rejected=[])
+            return TypedDetailPage(history_id, None, len(page_records))
+        typed = TypedDetailPage(history_id, channel, len(page_records))
         parse = records.MESSAGE_PARSERS[channel]
         known = records.DETAIL_FIELDS
         for record in page_records:
@@ -279,32 +241,8 @@ class DaySplitter:
                 typed.unknown_fields.update(records.unknown_fields(record, known))
         return typed
 
-    def type_detail_pages(
-        self, history_id: str, pages: list[list | pa.StructArray], load_records: Callable[[int], list] | None = None
-    ) -> list[TypedDetailPage]:
-        """Type several pages of one campaign, as :meth:`type_detail_page` does one (also safe to
-        call concurrently): Arrow pages that share a type are typed as one array, which pays the
-        per-call overhead of the Arrow kernels once per campaign instead of once per page. Falls
-        back to page by page (``load_records(i)`` decodes page ``i`` as dicts) when that declines."""
-        arrays = [page for page in pages if not isinstance(page, list)]
-        if len(pages) > 1 and len(arrays) == len(pages) and history_id in self._campaign_channels:
-            try:
-                combined = pa.concat_arrays(arrays)
-            except (pa.ArrowInvalid, pa.ArrowTypeError):
-                combined = None
-            if combined is not None:
-                fast = typed_detail_batch(combined, history_id, self._campaign_channels[history_id])
-                if fast is not None:
-                    return [TypedDetailPage(history_id, self._campaign_channels[history_id], len(combined),
-                                            batch=fast[0], unknown_fields=fast[1])]
-        return [
-            self.type_detail_page(history_id, page, (lambda i=index: load_records(i)) if load_records else None)
-            for index, page in enumerate(pages)
-        ]
-
     def add_typed_detail_page(self, typed: TypedDetailPage) -> None:
-        """Add a page typed by :meth:`type_detail_page` to its campaign (thread-safe; one thread per
-        campaign keeps a campaign's pages in order)."""
+        """Add a page typed by :meth:`type_detail_page` to its campaign (thread-safe)."""
         with self._lock:
             if typed.channel is None:
                 self.stats.details_for_unknown_campaigns += typed.row_count
@@ -317,40 +255,23 @@ class DaySplitter:
             if buffer is None:
                 spec = schemas.SMS_MESSAGES if typed.channel == settings.CHANNEL_SMS else schemas.WHATSAPP_MESSAGES
                 buffer = self._open_campaigns[typed.history_id] = _ColumnBuffer(spec.schema)
-        if typed.batch is not None:
-            buffer.append_batch(typed.batch)
-        else:
-            for row in typed.rows:
-                buffer.append(row)
+        buffer.extend(typed.rows)
 
     def finish_campaign(self, history_id: str) -> None:
-        """De-duplicate and sort one campaign whose pages are all in, and stage it to disk when the
-        splitter has a staging directory (thread-safe; the work runs outside the lock, so fetch
-        threads finish their campaigns in parallel)."""
+        """De-duplicate and sort one campaign whose pages are all in (thread-safe; the work runs
+        outside the lock, so fetch threads finish their campaigns in parallel)."""
         with self._lock:
             buffer = self._open_campaigns.pop(history_id, None)
         if buffer is None:
             return
         table = buffer.to_row_table()
         # Every row of the buffer carries this campaign's id, so the recipient alone is the key.
-        kept = latest_row_indices(table, ("recipient",), "last_updated_at")
-        kept_statuses = table["status"] if len(kept) == table.num_rows else table["status"].take(kept)
-        statuses = set(pc.unique(kept_statuses).drop_null().to_pylist())
-        if self.staging_dir is None or not len(kept):
-            part: pa.Table | Path = table.take(kept)
-        else:
-            self.staging_dir.mkdir(parents=True, exist_ok=True)
-            with self._lock:
-                self._staged_files += 1
-                part = self.staging_dir / f"campaign-{self._staged_files:06d}.arrow"
-            # Written in slices, so the campaign is never held twice (as it arrived and as kept).
-            with pa.OSFile(str(part), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
-                for start in range(0, len(kept), _STAGED_BATCH_ROWS):
-                    writer.write_table(table.take(kept.slice(start, _STAGED_BATCH_ROWS)))
+        kept = table.take(latest_row_indices(table, ("recipient",), "last_updated_at"))
+        statuses = set(pc.unique(kept["status"]).drop_null().to_pylist())
         with self._lock:
-            self.stats.duplicate_messages_dropped += table.num_rows - len(kept)
+            self.stats.duplicate_messages_dropped += table.num_rows - kept.num_rows
             self._statuses.setdefault(self._campaign_channels[history_id], set()).update(statuses)
-            self._finished_campaigns[history_id] = (part, len(kept))
+            self._finished_campaigns[history_id] = kept
 
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1
@@ -359,28 +280,25 @@ class DaySplitter:
 
     def finish(self) -> DayTables:
         """Build the day's tables: de-duplicated, sorted, typed by the declared schemas. Message
-        tables are their campaigns in id order (staged ones stay on disk until read)."""
+        tables are their campaigns in id order."""
         day, app_id = self.window.day, self.app_id
-        parts = {schemas.CAMPAIGNS.name: DayTable(schemas.CAMPAIGNS.schema, app_id, day)}
         campaigns = _sorted(self._campaigns.to_row_table(), schemas.CAMPAIGNS)
-        parts[schemas.CAMPAIGNS.name].parts, parts[schemas.CAMPAIGNS.name].num_rows = [campaigns], campaigns.num_rows
+        parts = {schemas.CAMPAIGNS.name: DayTable(schemas.CAMPAIGNS.schema, app_id, day, [campaigns])}
         for history_id in list(self._open_campaigns):
             self.finish_campaign(history_id)
         for spec in schemas.MESSAGE_TABLES:
             channel = settings.CHANNEL_SMS if spec is schemas.SMS_MESSAGES else settings.CHANNEL_WHATSAPP
             finished = [self._finished_campaigns.pop(cid) for cid in sorted(self._finished_campaigns)
                         if self._campaign_channels[cid] == channel]
-            parts[spec.name] = DayTable(spec.schema, app_id, day, [part for part, rows in finished if rows],
-                                        sum(rows for _, rows in finished))
+            parts[spec.name] = DayTable(spec.schema, app_id, day, [part for part in finished if part.num_rows])
             unknown = self._statuses.get(channel, set()) - set(
                 settings.SMS_STATUSES if channel == settings.CHANNEL_SMS else settings.WHATSAPP_STATUSES
             )
             if unknown:
                 self.stats.unknown_statuses[channel] = unknown
         rejected = _sorted(self._rejected_row_table(), schemas.REJECTED_RECORDS)
-        parts[schemas.REJECTED_RECORDS.name] = DayTable(schemas.REJECTED_RECORDS.schema, app_id, day, [rejected],
-                                                        rejected.num_rows)
-        return DayTables(day=day, parts=parts, stats=self.stats, staging_dir=self.staging_dir)
+        parts[schemas.REJECTED_RECORDS.name] = DayTable(schemas.REJECTED_RECORDS.schema, app_id, day, [rejected])
+        return DayTables(day=day, parts=parts, stats=self.stats)
 
     def _rejected_row_table(self) -> pa.Table:
         columns = list(zip(*self._rejected, strict=True)) if self._rejected else [[]] * 5

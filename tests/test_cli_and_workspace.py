@@ -34,7 +34,7 @@ def test_cli_backfill_runs_end_to_end(simulator, tmp_path, flags, done):
                      simulator_env(simulator, tmp_path))
     assert result.returncode == 0, result.stderr
     assert "backfill done: 2 day(s), " in result.stderr and done in result.stderr
-    assert "landed 2024-05-02" in result.stderr  # progress per day
+    assert "day 1/2 2024-05-02 published: campaigns" in result.stderr  # progress per day
     rows = read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")
     assert {r["partition_date"] for r in rows} == {date(2024, 5, 2), date(2024, 5, 3)}
 

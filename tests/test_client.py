@@ -20,6 +20,8 @@ from email.utils import format_datetime
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
+from requests.adapters import HTTPAdapter
 
 from campaign_pipeline import settings
 from campaign_pipeline.client import CinnoxClient, Page, RateLimiter, RequestStats, format_rfc3339
@@ -95,8 +97,10 @@ def assert_no_token(token: str, error: BaseException | None, caplog: pytest.LogC
 
 
 @contextlib.contextmanager
-def local_server(respond: Callable[[str, dict[str, list[str]], dict], tuple[int, dict, bytes]]):
-    """Serve ``respond(path, query, headers) -> (status, headers, body)`` on 127.0.0.1; yield (base_url, hits)."""
+def local_server(respond: Callable[[str, dict[str, list[str]], dict], tuple[int | tuple[int, str], dict, bytes]]):
+    """Serve ``respond(path, query, headers) -> (status, headers, body)`` on 127.0.0.1; yield (base_url, hits).
+
+    ``status`` may be ``(code, reason phrase)``."""
     hits: list[dict[str, list[str]]] = []
 
     class Handler(http.server.BaseHTTPRequestHandler):
@@ -107,7 +111,7 @@ def local_server(respond: Callable[[str, dict[str, list[str]], dict], tuple[int,
             query = parse_qs(parts.query)
             hits.append(query)
             status, headers, body = respond(parts.path, query, dict(self.headers))
-            self.send_response(status)
+            self.send_response(*status) if isinstance(status, tuple) else self.send_response(status)
             for name, value in headers.items():
                 self.send_header(name, value)
             self.send_header("Content-Length", str(len(body)))
@@ -437,6 +441,29 @@ def test_client_unexpected_envelope_raises_payload_error(body):
     assert len(hits) == 1
 
 
+@pytest.mark.parametrize(("body", "said"), [(b'{"code": 0, "result": null}', "'result' is null, expected a list"),
+                                            (b'{"code": 0}', "'result' is missing, expected a list"),
+                                            (b'{"code": 0, "result": "x"}', "'result' is str, expected a list")])
+def test_client_payload_error_says_what_result_was(body, said):
+    with local_server(lambda p, q, h: (200, {}, body)) as (base_url, _hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            with pytest.raises(PayloadError) as info:
+                list(client.iter_summary_pages(WEEK_START, WEEK_END))
+    assert f'"{said}"' in str(info.value) and info.value.kind == "payload"
+
+
+def test_client_pages_carry_the_body_as_received_and_its_records():
+    rows = [{"id": f"r{i}", "recipient": "+85290000000"} for i in range(3)]
+    raw = json.dumps({"code": 0, "result": rows, "cid": "c"}, indent=1).encode()
+    with local_server(lambda p, q, h: (200, {}, raw)) as (base_url, _hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            (page,) = client.iter_detail_pages("h1")
+    assert page.body == raw and page.nbytes == len(raw)
+    assert page.records == rows and page.row_count == 3
+    assert (page.endpoint, page.offset, page.history_id) == ("detail", 0, "h1")
+    assert "+8529" not in repr(page) and not hasattr(page, "decoded")
+
+
 # --- pacing -----------------------------------------------------------------------------------
 
 
@@ -517,6 +544,58 @@ def test_client_bad_base_url_raises_config_error_naming_the_variable(base_url):
     assert TOKEN not in str(info.value)
 
 
+@pytest.mark.parametrize("token", ["tok en-secret-1", "tok-secret\r\n-1", "tok-\x00-secret-1", "tok-sécret-12",
+                                   "short-1"])
+def test_client_refuses_a_malformed_token_without_quoting_it(token):
+    with pytest.raises(ConfigError) as info:
+        CinnoxClient("https://api.example.com", "app", token)
+    assert str(info.value).startswith("CINNOX_APP_TOKEN ") and "\n" not in str(info.value)
+    assert token.strip() not in str(info.value) + repr(info.value)
+
+
+def test_client_redacts_the_token_before_cutting_a_long_message(caplog):
+    # the server echoes the token where the one-line message would be cut, and in its reason phrase
+    echo = "x" * 285 + TOKEN + " tail"
+    answers = iter([((503, f"Busy {TOKEN}"), {}, b""),
+                    (400, {}, json.dumps({"code": 6451000, "message": echo}).encode())])
+    with local_server(lambda p, q, h: next(answers)) as (base_url, _hits):
+        with CinnoxClient(base_url, "app", TOKEN, backoff_max_s=0.01, rate_limit_per_min=None) as client:
+            with pytest.raises(BadRequestError) as info:
+                client.get_json("/v1/x", {})
+    assert "CINNOX retry" in caplog.text and "Busy <redacted>" in caplog.text
+    assert "x" * 285 + "<redacted>" in str(info.value)
+    for prefix in (TOKEN[:6], TOKEN[-6:]):
+        assert prefix not in str(info.value) and prefix not in caplog.text
+    assert_no_token(TOKEN, info.value, caplog)
+
+
+class _HeaderRefusingAdapter(HTTPAdapter):
+    """A transport that fails the way http.client does on a header value it cannot send."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent = 0
+
+    def send(self, request, **kwargs):
+        self.sent += 1
+        raise ValueError(f"Invalid header value {request.headers['Authorization'].encode()!r}")
+
+
+def test_client_error_raised_while_building_the_request_is_fatal_and_never_carries_the_header(caplog):
+    adapter = _HeaderRefusingAdapter()
+    session = requests.Session()
+    session.mount("https://", adapter)
+    client = CinnoxClient("https://api.example.com", "app", TOKEN, session=session, rate_limit_per_min=None)
+    with pytest.raises(FatalError) as info:
+        client.get_json("/v1/x", {})
+    error = info.value
+    assert "could not be built (ValueError)" in str(error) and "CINNOX_APP_TOKEN" in str(error)
+    assert error.kind == "request" and error.__context__ is None and error.__cause__ is None
+    assert adapter.sent == 1 and client.stats.as_dict()["errors_request"] == 1 and client.stats.retries == 0
+    assert_no_token(TOKEN, error, caplog)
+    assert TOKEN not in pickle.dumps(error).decode("latin-1")
+
+
 def test_client_empty_credentials_raise_config_error_naming_the_variable():
     with pytest.raises(ConfigError, match="CINNOX_APP_TOKEN"):
         CinnoxClient("https://api.example.com", "app", "  ")
@@ -563,10 +642,12 @@ def test_errors_str_is_one_line_with_code_and_message():
     assert str(exhausted).startswith(
         "CINNOX gave up after 3 attempts in 1.2s on GET /p; last error: CINNOX 429"
     )
-    for err in (error, throttled, exhausted, AuthError("no", status=401, url="/p"), PayloadError("x")):
+    busy = RetriableError("busy", status=503, retry_after=3.0, kind="http_503", url="/p")
+    for err in (error, throttled, exhausted, busy, AuthError("no", status=401, url="/p"), PayloadError("x")):
         assert isinstance(err, CinnoxError) and isinstance(err, CampaignPipelineError)
         clone = pickle.loads(pickle.dumps(err))
-        assert type(clone) is type(err) and str(clone) == str(err)
+        assert type(clone) is type(err) and str(clone) == str(err) and clone.kind == err.kind
+    assert pickle.loads(pickle.dumps(busy)).retry_after == 3.0 and "retry_after" not in str(busy)
     assert issubclass(ThrottledError, RetriableError) and issubclass(AuthError, FatalError)
     assert not issubclass(PayloadError, RetriableError | FatalError)
 

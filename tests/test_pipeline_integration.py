@@ -131,7 +131,7 @@ def test_partition_timezone_shifts_day_boundaries(tz, tmp_path, monkeypatch):
         server.stop()
 
 
-def test_materializations_carry_partition_rates_and_the_views_preview(simulator, tmp_path, monkeypatch):
+def test_materializations_carry_partition_rates(simulator, tmp_path, monkeypatch):
     import dagster as dg
 
     pipeline_env(monkeypatch, simulator, tmp_path)
@@ -145,8 +145,5 @@ def test_materializations_carry_partition_rates_and_the_views_preview(simulator,
     by_partition = {r.partition_key: r.asset_materialization.metadata for r in records}
     assert set(by_partition) == {START.isoformat(), (START + timedelta(days=1)).isoformat()}
     metadata = by_partition[START.isoformat()]
-    assert metadata["delivery_rate"].value == pytest.approx(delivered / settled)
+    assert metadata["delivery_rate"].value == pytest.approx(delivered / settled, abs=5e-5)
     assert 0 <= metadata["read_rate"].value <= 1 and 0 <= metadata["failure_rate"].value <= 1
-    views = instance.fetch_materializations(dg.AssetKey("delivery_rate_views"), limit=5).records
-    preview = views[0].asset_materialization.metadata["latest_days"].value
-    assert START.isoformat() in preview and "WhatsApp" in preview

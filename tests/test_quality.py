@@ -61,7 +61,7 @@ def test_rejected_ratio_above_threshold_blocks_the_run(odd_server, tmp_path, mon
     pipeline_env(monkeypatch, odd_server, tmp_path, CAMPAIGN_REJECTED_THRESHOLD="0.001")
     outcome = run_backfill(DAY, DAY)
     assert not outcome.success
-    assert "blocking asset check" in (outcome.failure or "")
+    assert "blocking check failed (rejected_records:rejected_ratio)" in (outcome.failure or "")
     assert "rejected_records:rejected_ratio" in outcome.failed_checks
 
 
@@ -222,30 +222,48 @@ def _views(warehouse) -> dict[str, list]:
         con.close()
 
 
+def _engine_run(start: date, end: date):
+    from campaign_pipeline import engine
+    from campaign_pipeline.config import PipelineConfig
+
+    return list(engine.run_range(PipelineConfig.from_env(), start, end))
+
+
 def test_direct_run_equals_the_dagster_run(odd_server, tmp_path, monkeypatch):
-    from campaign_pipeline.runner import run_range
     from tests.conftest import table_fingerprint
 
     pipeline_env(monkeypatch, odd_server, tmp_path / "dagster", CAMPAIGN_REJECTED_THRESHOLD="0.5")
     in_dagster = run_backfill(DAY, DAY + timedelta(days=1))
     pipeline_env(monkeypatch, odd_server, tmp_path / "direct", CAMPAIGN_REJECTED_THRESHOLD="0.5")
-    direct = run_range(DAY, DAY + timedelta(days=1))
-    assert in_dagster.success and direct.success
-    assert direct.days_published == 2
-    assert sorted(direct.warned_checks) == sorted(in_dagster.warned_checks) != []
-    assert direct.failed_checks == in_dagster.failed_checks == []
+    direct = _engine_run(DAY, DAY + timedelta(days=1))
+    assert in_dagster.success and [day.published for day in direct] == [True, True]
+    warned = sorted({name for day in direct for name in day.check_names(day.warned_checks)})
+    assert warned == sorted(in_dagster.warned_checks) != []
+    assert [name for day in direct for name in day.check_names(day.failed_checks)] == in_dagster.failed_checks == []
     dagster_wh, direct_wh = tmp_path / "dagster" / "warehouse.duckdb", tmp_path / "direct" / "warehouse.duckdb"
     assert table_fingerprint(direct_wh) == table_fingerprint(dagster_wh)
     assert _views(direct_wh) == _views(dagster_wh)
 
 
-def test_direct_run_blocks_on_a_failed_blocking_check_like_dagster(odd_server, tmp_path, monkeypatch):
-    from campaign_pipeline.runner import run_range
+def test_a_day_failing_a_blocking_check_is_not_published(odd_server, tmp_path, monkeypatch):
+    from tests.conftest import table_fingerprint
 
-    pipeline_env(monkeypatch, odd_server, tmp_path, CAMPAIGN_REJECTED_THRESHOLD="0.001")
-    outcome = run_range(DAY, DAY)
-    assert not outcome.success
-    assert "blocking asset check" in (outcome.failure or "")
-    assert "rejected_records:rejected_ratio" in outcome.failed_checks
-    # Like the Dagster step: the day is committed before its checks run, and the failure is reported.
-    assert outcome.days_published == 1 and read_table(tmp_path / "warehouse.duckdb", "rejected_records", "reason")
+    pipeline_env(monkeypatch, odd_server, tmp_path, CAMPAIGN_REJECTED_THRESHOLD="0.5")
+    (good,) = _engine_run(DAY, DAY)
+    assert good.published
+    before = table_fingerprint(tmp_path / "warehouse.duckdb")
+    lake = _file_digests(tmp_path / "lake")
+    monkeypatch.setenv("CAMPAIGN_REJECTED_THRESHOLD", "0.001")
+    (day,) = _engine_run(DAY, DAY)
+    assert not day.published
+    assert "rejected_records:rejected_ratio" in day.failure
+    assert "rejected_records:rejected_ratio" in day.check_names(day.failed_checks)
+    # Write-audit-publish: the rejected version never replaced the good one, in DuckDB or the lake.
+    assert table_fingerprint(tmp_path / "warehouse.duckdb") == before
+    assert _file_digests(tmp_path / "lake") == lake
+
+
+def _file_digests(root) -> dict:
+    import hashlib
+
+    return {p.relative_to(root): hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}

@@ -406,10 +406,10 @@ def test_reader_polling_during_a_reload_sees_the_old_or_the_new_day_never_a_mix(
 RACE_SCRIPT = """
 import sys, time
 from pathlib import Path
-from campaign_pipeline.config import prepare_data_dir, validate
+from campaign_pipeline.config import PipelineConfig, prepare_data_dir
 from campaign_pipeline.errors import ConfigError
 root, start, n = Path(sys.argv[1]), float(sys.argv[2]), int(sys.argv[3])
-configs = [validate(source="cinnox", base_url="http://127.0.0.1:1", app_id="a", app_token="t", data_dir=root / f"d{i}")
+configs = [PipelineConfig.from_env({"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_DATA_DIR": str(root / f"d{i}")})
            for i in range(n)]
 while time.time() < start:
     pass

@@ -349,9 +349,28 @@ def test_config_and_client_reprs_hide_token_and_salt():
     env = {"CAMPAIGN_SOURCE": "cinnox", "CINNOX_BASE_URL": "https://example.cinnox.com", "CINNOX_APP_ID": "app",
            "CINNOX_APP_TOKEN": TOKEN, "CAMPAIGN_PII_MODE": "hash", "CAMPAIGN_PII_SALT": SALT_A}
     config = PipelineConfig.from_env(env)
-    assert config.app_token == TOKEN and config.pii_salt == SALT_A
-    shown = repr(config) + str(config) + repr(CinnoxClient(config.base_url, config.app_id, TOKEN))
+    app = config.apps[0]
+    assert app.app_token == TOKEN and config.pii_salt == SALT_A
+    shown = repr(config) + str(config) + repr(app) + repr(CinnoxClient(app.base_url, app.app_id, app.app_token))
     assert TOKEN not in shown and SALT_A not in shown
+
+
+def test_cli_refuses_a_malformed_token_or_salt_before_any_request_without_echoing_it(tmp_path):
+    spaced, short = f"tok SECRET {secrets.token_hex(8)}", "s3cr3t"
+    salt = f"salt-SECRET-{secrets.token_hex(8)}\x1b"
+    env = cli_env("http://127.0.0.1:1", tmp_path / "data", token=spaced, CAMPAIGN_APPS="hk,sg",
+                  CINNOX_HK_BASE_URL="http://127.0.0.1:1", CINNOX_HK_APP_ID="hk", CINNOX_HK_APP_TOKEN=spaced,
+                  CINNOX_SG_BASE_URL="http://127.0.0.1:1", CINNOX_SG_APP_ID="sg", CINNOX_SG_APP_TOKEN=short,
+                  CAMPAIGN_PII_MODE="hash", CAMPAIGN_PII_SALT=salt)
+    result = backfill(DAY2, DAY2, env, timeout=120)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert "CINNOX_HK_APP_TOKEN contains whitespace" in lines[0] and "CINNOX_SG_APP_TOKEN is shorter" in lines[0]
+    assert "CAMPAIGN_PII_SALT contains control characters" in lines[0]
+    output = result.stdout + result.stderr
+    for secret in (spaced, spaced.split()[-1], short, salt.strip("\x1b")):
+        assert secret not in output
+    assert not (tmp_path / "data").exists()
 
 
 # --- CAMPAIGN_PII_MODE=hash -------------------------------------------------------------------

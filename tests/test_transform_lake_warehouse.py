@@ -144,6 +144,11 @@ def test_lake_failed_write_keeps_previous_file_and_leaves_no_temp(tmp_path):
     lake = Lake(str(tmp_path / "lake"))
     with lake.raw_writer(DAY) as writer:
         writer.write_page("summary", None, 0, [{"id": "old"}])
+    writer.staged.commit()
+    with lake.raw_writer(DAY) as writer:  # complete, but never committed (its day failed its checks)
+        writer.write_page("summary", None, 0, [{"id": "rejected"}])
+    assert [p.records for p in lake.iter_raw_pages(DAY)] == [[{"id": "old"}]]
+    writer.staged.discard()
     with pytest.raises(RuntimeError):
         with lake.raw_writer(DAY) as writer:
             writer.write_page("summary", None, 0, [{"id": "new"}])
@@ -163,6 +168,7 @@ def test_landed_response_bodies_read_back_as_their_records(tmp_path):
         writer.write_page("summary", None, 0, [summary("c", "2024-05-01T10:00:00Z")])
         writer.write_response("detail", "c", 0, orjson.dumps({"code": 0, "message": "ok", "result": first}), 2)
         writer.write_response("detail", "c", 2, pretty, 1)  # spread over lines: re-encoded onto one
+    writer.staged.commit()
     assert (writer.pages, writer.records) == (3, 4)
     pages = list(lake.iter_raw_pages(DAY))
     assert [(p.endpoint, p.history_id, p.offset) for p in pages] == [("summary", None, 0), ("detail", "c", 0),

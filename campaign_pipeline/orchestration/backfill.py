@@ -11,7 +11,6 @@ import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
 from campaign_pipeline.definitions import build_definitions
-from campaign_pipeline.orchestration.assets import RAW_RESPONSES_NAME
 from campaign_pipeline.orchestration.schedules import JOB_NAME
 
 log = logging.getLogger(__name__)
@@ -39,14 +38,13 @@ def run_backfill(
     """Materialize every partitioned asset (and its checks) for ``start..end`` inclusive, as one run.
 
     Configuration comes from the process environment (resources resolve ``dg.EnvVar`` from it).
-    With ``resplit_only`` the raw landing asset is skipped: the tables are rebuilt from the landed
-    files without any API call.
+    With ``resplit_only`` the tables are rebuilt from the landed files without any API call.
     """
     defs = build_definitions(os.environ)
     job = defs.resolve_job_def(JOB_NAME)
-    selection = sorted(defs.get_repository_def().asset_graph.get_all_asset_keys())
+    run_config: dict = {"loggers": {"console": {"config": {"log_level": dagster_log_level}}}}
     if resplit_only:
-        selection = [key for key in selection if key.path[-1] != RAW_RESPONSES_NAME]
+        run_config["ops"] = {node.name: {"config": {"resplit": True}} for node in job.graph.node_defs}
     own_instance = instance is None
     if own_instance:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
@@ -54,11 +52,10 @@ def run_backfill(
         result = job.execute_in_process(
             instance=instance,
             raise_on_error=False,
-            asset_selection=selection,
             tags={ASSET_PARTITION_RANGE_START_TAG: start.isoformat(), ASSET_PARTITION_RANGE_END_TAG: end.isoformat()},
             # Dagster's own console output (stack traces included) stays quiet unless asked for: the
             # caller reports the one-line reason, and the event log keeps every detail.
-            run_config={"loggers": {"console": {"config": {"log_level": dagster_log_level}}}},
+            run_config=run_config,
         )
     finally:
         if own_instance and not os.environ.get("DAGSTER_HOME"):

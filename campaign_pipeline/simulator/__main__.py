@@ -34,6 +34,18 @@ def build_parser(prog: str = "python -m campaign_pipeline.simulator") -> argpars
         default=defaults.recipients_per_campaign,
         help="mean campaign size (actual sizes vary 0.3x..1.7x)",
     )
+    parser.add_argument(
+        "--recipients-min",
+        type=int,
+        default=None,
+        help="with --recipients-max: campaign sizes uniform in [min, max] instead of around the mean",
+    )
+    parser.add_argument(
+        "--recipients-max",
+        type=int,
+        default=None,
+        help="with --recipients-min: largest campaign size (min == max fixes every campaign's size)",
+    )
     parser.add_argument("--sms-share", type=float, default=defaults.sms_share)
     parser.add_argument(
         "--now",
@@ -62,6 +74,12 @@ def build_parser(prog: str = "python -m campaign_pipeline.simulator") -> argpars
     parser.add_argument(
         "--rate-limit-per-min", type=int, default=None, help="429 above this many requests per 60 s per token"
     )
+    parser.add_argument(
+        "--stats-path",
+        default=None,
+        metavar="PATH",
+        help="serve the request counters as JSON at this path, e.g. /_stats (uncounted, no auth)",
+    )
     parser.add_argument("--prerender-start", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD")
     parser.add_argument("--prerender-end", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD")
     return parser
@@ -75,6 +93,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         token=args.token,
         campaigns_per_day=args.campaigns_per_day,
         recipients_per_campaign=args.recipients_per_campaign,
+        recipients_min=args.recipients_min,
+        recipients_max=args.recipients_max,
         sms_share=args.sms_share,
         now=parse_rfc3339(args.now) if args.now else None,
         whatsapp_delivered_includes_read=not args.whatsapp_delivered_excludes_read,
@@ -85,6 +105,7 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         slow_seconds=args.slow_seconds,
         down=args.down,
         rate_limit_per_min=args.rate_limit_per_min,
+        stats_path=args.stats_path,
     )
 
 

@@ -420,12 +420,17 @@ class SimulatorConfig:
     """Everything that determines the simulated CINNOX account and how its server misbehaves.
 
     Data: ``seed``, ``campaigns_per_day``, ``recipients_per_campaign`` (mean; sizes vary about
-    0.3x..1.7x, and with a mean >= 300 some campaigns are exactly 500/1000 rows), ``sms_share``,
+    0.3x..1.7x, and with a mean >= 300 some campaigns are exactly 500/1000 rows),
+    ``recipients_min``/``recipients_max`` (both or neither: every campaign's size is drawn uniformly
+    from ``[min, max]`` instead, with no page-boundary cases; ``min == max`` fixes the size; the mean
+    is then ignored), ``sms_share``,
     ``now`` (aware; None = wall clock at each call), ``whatsapp_delivered_includes_read`` (the
     summary's ``delivered`` convention for WhatsApp) and ``odd_records`` (mix encoding variants,
     duplicates and untypeable rows into the detail data).
     Server: ``app_id``, ``token``, ``fault_rate``/``fault_kinds``/``fault_seed``/``slow_seconds``
-    (random fault injection), ``down`` (every request answers 503) and ``rate_limit_per_min``.
+    (random fault injection), ``down`` (every request answers 503), ``rate_limit_per_min`` and
+    ``stats_path`` (e.g. ``/_stats``: ``GET`` there answers the server's request counters as JSON,
+    without auth and without being counted; None, the default, serves no such path).
     """
 
     seed: int = 7
@@ -433,6 +438,8 @@ class SimulatorConfig:
     token: str = "sim-token"
     campaigns_per_day: int = 8
     recipients_per_campaign: int = 150
+    recipients_min: int | None = None
+    recipients_max: int | None = None
     sms_share: float = 0.55
     now: datetime | None = None
     whatsapp_delivered_includes_read: bool = True
@@ -443,6 +450,7 @@ class SimulatorConfig:
     slow_seconds: float = 2.0
     down: bool = False
     rate_limit_per_min: int | None = None
+    stats_path: str | None = None
 
     def __post_init__(self) -> None:
         """Validate the values and normalise ``fault_kinds`` to a tuple."""
@@ -451,6 +459,10 @@ class SimulatorConfig:
             raise ValueError("campaigns_per_day must be between 0 and 10000")
         if self.recipients_per_campaign < 1:
             raise ValueError("recipients_per_campaign must be >= 1")
+        if (self.recipients_min is None) != (self.recipients_max is None):
+            raise ValueError("recipients_min and recipients_max go together")
+        if self.recipients_min is not None and not 1 <= self.recipients_min <= self.recipients_max:
+            raise ValueError("need 1 <= recipients_min <= recipients_max")
         if not 0.0 <= self.sms_share <= 1.0:
             raise ValueError("sms_share must be within [0, 1]")
         if not 0.0 <= self.fault_rate <= 1.0:
@@ -468,6 +480,10 @@ class SimulatorConfig:
             raise ValueError("rate_limit_per_min must be >= 1 or None")
         if not self.app_id or "/" in self.app_id:
             raise ValueError("app_id must be a non-empty path segment")
+        if self.stats_path is not None and (
+            not self.stats_path.startswith("/") or self.stats_path.startswith("/v1/")
+        ):
+            raise ValueError("stats_path must start with '/' and lie outside /v1/")
 
 
 @dataclass(frozen=True)
@@ -671,16 +687,19 @@ class CinnoxSimulator:
             channels[-1] = WHATSAPP if channels[-1] == SMS else SMS
         mean = cfg.recipients_per_campaign
         sizes = []
-        for _ in range(n):
-            size = max(1, round(mean * rng.uniform(0.3, 1.7)))
-            if mean >= 300 and rng.random() < 0.12:
-                size = max(500, round(size / 500) * 500)  # exactly on a page boundary
-            sizes.append(size)
-        ordinal = day.toordinal()
-        if mean >= 300 and ordinal % 7 == 3:
-            sizes[-1] = 500  # one campaign a week fills exactly one page
-        if mean >= 400 and ordinal % 7 == 5:
-            sizes[0] = max(sizes[0], round(mean * 1.5), 501)  # one a week needs several pages
+        if cfg.recipients_min is not None and cfg.recipients_max is not None:
+            sizes = [rng.randint(cfg.recipients_min, cfg.recipients_max) for _ in range(n)]
+        else:
+            for _ in range(n):
+                size = max(1, round(mean * rng.uniform(0.3, 1.7)))
+                if mean >= 300 and rng.random() < 0.12:
+                    size = max(500, round(size / 500) * 500)  # exactly on a page boundary
+                sizes.append(size)
+            ordinal = day.toordinal()
+            if mean >= 300 and ordinal % 7 == 3:
+                sizes[-1] = 500  # one campaign a week fills exactly one page
+            if mean >= 400 and ordinal % 7 == 5:
+                sizes[0] = max(sizes[0], round(mean * 1.5), 501)  # one a week needs several pages
         campaigns = []
         for i in range(n):
             sent_ms = day_start_ms + sent_seconds[i] * 1000

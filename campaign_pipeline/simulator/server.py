@@ -5,7 +5,10 @@ Routes (``GET`` only)::
     /v1/api/apps/{appID}/data/sent-campaigns-summary?startAt=..&endAt=..&offset=..&limit=..
     /v1/api/apps/{appID}/data/sent-campaigns-detail?historyID=..&offset=..&limit=..
 
-Order of checks for every request:
+With ``stats_path`` set (e.g. ``/_stats``), ``GET`` on that path answers :meth:`SimulatorServer.stats`
+as JSON, before any other check and without being counted.
+
+Order of checks for every other request:
 
 1. ``down=True`` -> HTTP 503 ``{"code":6451001,"message":"Service unavailable"}``.
 2. Unknown path or a method other than GET -> HTTP 404 ``{"code":6450001,"message":"method not found"}``.
@@ -172,6 +175,8 @@ class SimulatorServer:
         self._requests = {SUMMARY_ENDPOINT: 0, DETAIL_ENDPOINT: 0, "other": 0}
         self._faults = dict.fromkeys(ALL_FAULT_KINDS, 0)
         self._counters = {"throttled": 0, "status_4xx": 0, "internal_errors": 0, "connection_errors": 0}
+        self._first_request_at: float | None = None
+        self._last_request_at: float | None = None
         self._fault_rng = random.Random(self._config.fault_seed)
         self._fault_lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
@@ -246,8 +251,9 @@ class SimulatorServer:
 
         ``requests_by_endpoint`` (``sent-campaigns-summary``, ``sent-campaigns-detail``, ``other``),
         ``requests_total``, ``faults_by_kind``, ``throttled`` (rate-limit 429s), ``status_4xx`` (400,
-        401 and 404 answers; excludes throttling and injected faults), ``internal_errors`` and
-        ``connection_errors``.
+        401 and 404 answers; excludes throttling and injected faults), ``internal_errors``,
+        ``connection_errors``, and ``first_request_at``/``last_request_at`` (Unix time of the first
+        and the latest request's arrival, None before any).
         """
         with self._stats_lock:
             return {
@@ -255,6 +261,8 @@ class SimulatorServer:
                 "requests_total": sum(self._requests.values()),
                 "faults_by_kind": dict(self._faults),
                 **self._counters,
+                "first_request_at": self._first_request_at,
+                "last_request_at": self._last_request_at,
             }
 
     # ---------------------------------------------------------------- request handling
@@ -268,10 +276,17 @@ class SimulatorServer:
         """Answer one request (see the module docstring for the order of checks)."""
         config = self._config
         split = urlsplit(handler.path)
+        if is_get and config.stats_path is not None and split.path == config.stats_path:
+            self._send_json(handler, 200, self.stats())  # not counted, no auth: for benchmarks
+            return
         route = _ROUTE.match(split.path) if is_get else None
         endpoint = route.group(2) if route else "other"
+        arrived = time.time()
         with self._stats_lock:
             self._requests[endpoint] += 1
+            if self._first_request_at is None:
+                self._first_request_at = arrived
+            self._last_request_at = arrived
         if config.down:
             self._send_json(handler, 503, {"code": CODE_BAD_RESPONSE, "message": "Service unavailable"})
             return

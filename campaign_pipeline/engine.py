@@ -1,0 +1,292 @@
+"""The engine: a run's days, one after another, for both front ends (the CLI and Dagster).
+
+For each (app, day), in order::
+
+    list the day's campaigns (summary pages)
+    fetch their detail pages in parallel (bounded by the client's shared rate limiter)
+    land the raw pages (staged) and type them (records.py, the one typing path)
+    write the day's Parquet files (staged) and replace the day in DuckDB in one transaction
+    audit: run the day's checks inside that transaction
+    publish: commit, then move the staged files into place -- or, if a blocking check failed,
+             roll back and drop the staged files, so readers keep the previous version
+
+A re-split (``resplit=True``) reads the landed file instead of the API. Each day yields a
+:class:`DayResult` as soon as it is done, so a front end reports it at once. An app's run stops
+at its first failed day; the other apps still run. Nothing here imports Dagster.
+
+Logs carry counts, partition keys and campaign ids only: never phone numbers, bodies or tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+
+from campaign_pipeline import quality, reporting
+from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline.config import SOURCE_SIMULATOR, AppConfig, PipelineConfig, recipient_hasher
+from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError
+from campaign_pipeline.lake import Lake, StagedFile
+from campaign_pipeline.pii import RecipientHasher
+from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
+from campaign_pipeline.warehouse import Warehouse
+from campaign_pipeline.windows import PartitionWindow
+
+progress_log = logging.getLogger("campaign_pipeline.progress")
+
+
+@dataclass
+class LandingStats:
+    """What one day's fetch made: counts only, safe for logs and metadata."""
+
+    campaigns_listed: int = 0
+    campaigns_in_window: int = 0
+    pages: int = 0
+    records: int = 0
+    requests: dict = field(default_factory=dict)
+
+    def as_metadata(self) -> dict:
+        """Plain values for metadata (request counters keep their own names: ``requests``, ``retries``...)."""
+        return {"campaigns_listed": self.campaigns_listed, "campaigns_in_window": self.campaigns_in_window,
+                "pages": self.pages, "records": self.records, **self.requests}
+
+
+@dataclass
+class DayResult:
+    """One (app, day) of a run: what was fetched (``None`` on a re-split), typed, loaded and
+    checked, and why it failed (``failure``, one line; ``None`` when the day was published)."""
+
+    app: AppConfig
+    window: PartitionWindow
+    landed: LandingStats | None = None
+    stats: SplitStats | None = None
+    inserted: dict[str, int] = field(default_factory=dict)
+    rates: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    checks: list[quality.CheckOutcome] = field(default_factory=list)
+    failure: str | None = None
+    error: BaseException | None = field(default=None, repr=False)
+    seconds: float = 0.0
+
+    @property
+    def published(self) -> bool:
+        """True when this version of the day passed its blocking checks and is visible to readers."""
+        return self.failure is None
+
+    @property
+    def failed_checks(self) -> list[quality.CheckOutcome]:
+        """Checks that failed with ERROR severity (blocking or not)."""
+        return [c for c in self.checks if not c.passed and c.severity == quality.ERROR]
+
+    @property
+    def warned_checks(self) -> list[quality.CheckOutcome]:
+        """Checks that warned."""
+        return [c for c in self.checks if not c.passed and c.severity != quality.ERROR]
+
+    def check_names(self, outcomes: list[quality.CheckOutcome]) -> list[str]:
+        """``[<app>/]<table>:<check>`` names, as the Dagster asset checks are named."""
+        prefix = "" if self.app.key == "default" else f"{self.app.key}/"
+        return [f"{prefix}{c.spec.table}:{c.spec.name}" for c in outcomes]
+
+    def summary(self) -> str:
+        """One PII-free line for progress logs."""
+        app = "" if self.app.key == "default" else f" [{self.app.key}]"
+        if self.failure is not None:
+            return f"{self.window.key}{app} FAILED: {self.failure}"
+        rows = ", ".join(f"{name} {count:,}" for name, count in self.inserted.items())
+        requests = f", {self.landed.requests.get('requests', 0):,} requests" if self.landed else ""
+        return f"{self.window.key}{app} published: {rows} ({self.seconds:.1f}s{requests})"
+
+
+def day_windows(start: date, end: date, tz_name: str) -> list[PartitionWindow]:
+    """The partition windows of ``start..end`` inclusive."""
+    return [PartitionWindow.for_day(start + timedelta(days=n), tz_name) for n in range((end - start).days + 1)]
+
+
+def run_range(cfg: PipelineConfig, start: date, end: date, *, resplit: bool = False,
+              log: logging.Logger = progress_log) -> Iterator[DayResult]:
+    """Every app's days of ``start..end`` inclusive (see :func:`run_days`)."""
+    windows = day_windows(start, end, cfg.partition_tz)
+    for app in cfg.apps:
+        yield from run_days(cfg, app, windows, resplit=resplit, log=log)
+
+
+def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow], *, resplit: bool = False,
+             log: logging.Logger = progress_log) -> Iterator[DayResult]:
+    """Fetch (or re-split), write, audit and publish each of one app's days in order, yielding
+    each day's result once it is done; stops after the first failed day. ``log`` gets one INFO
+    line per day (and the client's retry warnings)."""
+    lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
+    warehouse = Warehouse(cfg.warehouse_path)
+    with contextlib.ExitStack() as stack:
+        client = None if resplit else stack.enter_context(open_client(cfg, app, log))
+        for number, window in enumerate(windows, start=1):
+            result = run_day(cfg, app, window, lake, warehouse, client, log)
+            level = logging.INFO if result.published else logging.ERROR
+            log.log(level, "day %d/%d %s", number, len(windows), result.summary())
+            yield result
+            if not result.published:
+                return
+
+
+def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: Lake, warehouse: Warehouse,
+            client: CinnoxClient | None, log: logging.Logger = progress_log) -> DayResult:
+    """One (app, day): fetch and land (with a ``client``) or re-split (without), then write,
+    audit and publish. Never raises for a failed day (the result carries the failure), except
+    on ``KeyboardInterrupt``/``SystemExit``."""
+    started = time.monotonic()
+    result = DayResult(app, window)
+    staged: list[StagedFile] = []
+    try:
+        if client is not None:
+            splitter = DaySplitter(window, app.app_id)
+            result.landed, raw = land_day(client, lake, app, window, splitter, cfg.fetch_workers,
+                                          recipient_hasher(cfg), log)
+            staged.append(raw)
+            tables = splitter.finish()
+        else:
+            tables = split_day(lake, app, window)
+        result.stats = tables.stats
+        staged += [lake.stage_parquet(name, window.day, table.reader(), app.key)
+                   for name, table in tables.parts.items()]
+        refetch = _summary_refetcher(cfg, app, window, client, log)
+        committed = _load_and_audit(cfg, app, window, warehouse, tables, refetch, result)
+        if committed:
+            for file in staged:
+                file.commit()
+        else:
+            names = ", ".join(result.check_names([c for c in result.failed_checks if c.spec.blocking]))
+            result.failure = f"blocking check failed ({names}); the day was not published, the previous version is kept"
+    except Exception as error:  # noqa: BLE001 -- a failed day is a result; the front ends decide
+        result.error = error
+        result.failure = _one_line(error)
+    finally:
+        for file in staged:
+            file.discard()  # no-op for committed files
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, warehouse: Warehouse,
+                    tables: DayTables, refetch: Callable[[], list], result: DayResult) -> bool:
+    """Replace the day in DuckDB and run its checks inside the transaction; commit only if no
+    blocking check failed. Fills ``result.inserted``, ``rates`` and ``checks``."""
+
+    def audit(con) -> bool:
+        result.rates = reporting.partition_rates(con, window.day, app.app_id)
+        result.checks = quality.evaluate_day(con, window, app.app_id, tables.stats, refetch, cfg.rejected_threshold)
+        return not any(c.spec.blocking for c in result.failed_checks)
+
+    readers = {name: table.reader() for name, table in tables.parts.items()}
+    result.inserted, committed = warehouse.replace_partition(window.day, readers, app.app_id, audit)
+    return committed
+
+
+def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: PartitionWindow, splitter: DaySplitter,
+             workers: int, hasher: RecipientHasher | None = None,
+             log: logging.Logger = progress_log) -> tuple[LandingStats, StagedFile]:
+    """Fetch one day into a staged raw landing file, typing every page into ``splitter`` as it
+    arrives: summary pages first, then every in-window campaign's detail pages, ``workers``
+    campaigns at a time. With a ``hasher`` (``CAMPAIGN_PII_MODE=hash``) detail records are
+    pseudonymized before they are landed or typed. The first failure aborts the day."""
+    before = client.stats.as_dict()
+    landed = LandingStats()
+    with lake.raw_writer(window.day, app.key) as writer:
+        for page in client.iter_summary_pages(window.start_utc, window.end_utc):
+            writer.write_page("summary", None, page.offset, page.records)
+            splitter.add_summary_records(page.records)
+            landed.campaigns_listed += len(page.records)
+        campaign_ids = list(splitter.campaign_channels)
+        landed.campaigns_in_window = len(campaign_ids)
+        log.info("%s: %d campaigns listed, %d in the day; fetching their details", window.key,
+                 landed.campaigns_listed, len(campaign_ids))
+        write_lock = threading.Lock()
+        done = 0
+
+        def fetch_campaign(history_id: str) -> None:
+            nonlocal done
+            for page in client.iter_detail_pages(history_id):
+                page_records = hasher.redact_page(page.records) if hasher is not None else page.records
+                with write_lock:
+                    if hasher is None:
+                        writer.write_response("detail", history_id, page.offset, page.body, page.row_count)
+                    else:
+                        writer.write_page("detail", history_id, page.offset, page_records)
+                splitter.add_detail_records(history_id, page_records)
+            splitter.finish_campaign(history_id)
+            with write_lock:
+                done += 1
+                log.debug("%s: fetched campaign %d/%d", window.key, done, len(campaign_ids))
+
+        if campaign_ids:
+            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(campaign_ids))),
+                                    thread_name_prefix="cinnox-detail") as pool:
+                futures = [pool.submit(fetch_campaign, cid) for cid in campaign_ids]
+                try:
+                    for future in as_completed(futures):
+                        future.result()
+                except BaseException:
+                    for future in futures:
+                        future.cancel()  # queued campaigns; running ones finish their current request
+                    raise
+        landed.pages, landed.records = writer.pages, writer.records
+    after = client.stats.as_dict()
+    landed.requests = {key: round(after[key] - before.get(key, 0), 3)
+                       for key in after if isinstance(after[key], (int, float))}
+    return landed, writer.staged
+
+
+def split_day(lake: Lake, app: AppConfig, window: PartitionWindow) -> DayTables:
+    """Type one day's landed pages into tables. Makes no API call."""
+    if not lake.has_raw(window.day, app.key):
+        raise LandingMissingError(
+            f"no landed data for {window.key}; run the backfill without --resplit to fetch it from the API"
+        )
+    splitter = DaySplitter(window, app.app_id)
+    for page in lake.iter_raw_pages(window.day, app.key):
+        if page.endpoint == "summary":
+            splitter.add_summary_records(page.records)
+        else:
+            splitter.add_detail_records(page.history_id, page.records)
+    return splitter.finish()
+
+
+@contextlib.contextmanager
+def open_client(cfg: PipelineConfig, app: AppConfig, log: logging.Logger | None = None) -> Iterator[CinnoxClient]:
+    """A client for ``app``: the real CINNOX API, or (``CAMPAIGN_SOURCE=simulator``) an embedded
+    simulator that lives as long as the block."""
+    if cfg.source == SOURCE_SIMULATOR:
+        from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
+
+        sim = SimulatorConfig(app_id=app.app_id, seed=app.sim_seed, campaigns_per_day=cfg.sim_campaigns_per_day,
+                              recipients_per_campaign=cfg.sim_recipients_per_campaign)
+        with SimulatorServer(sim) as server:
+            with CinnoxClient(server.base_url, server.app_id, server.token, logger=log,
+                              **cfg.client_options()) as client:
+                yield client
+        return
+    with CinnoxClient(app.base_url, app.app_id, app.app_token, logger=log, **cfg.client_options()) as client:
+        yield client
+
+
+def _summary_refetcher(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, client: CinnoxClient | None,
+                       log: logging.Logger) -> Callable[[], list]:
+    """The reconciliation check's second look at the day's summary: through the run's client, or
+    (a re-split, which otherwise makes no API call) a client opened only if the check needs it."""
+
+    def refetch() -> list:
+        with contextlib.nullcontext(client) if client is not None else open_client(cfg, app, log) as own:
+            return [record for page in own.iter_summary_pages(window.start_utc, window.end_utc)
+                    for record in page.records]
+
+    return refetch
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error) if isinstance(error, CampaignPipelineError) else f"{type(error).__name__}: {error}"
+    return " ".join(text.split())
