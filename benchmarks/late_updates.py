@@ -14,10 +14,12 @@ from collections import Counter
 from datetime import date, timedelta
 from pathlib import Path
 
-from campaign_pipeline import pipeline
+from campaign_pipeline import engine
 from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline.config import AppConfig
 from campaign_pipeline.lake import Lake
 from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
+from campaign_pipeline.transform import DaySplitter
 from campaign_pipeline.windows import PartitionWindow
 
 DAYS = [date(2024, 5, 1) + timedelta(days=i) for i in range(7)]
@@ -33,9 +35,10 @@ def snapshot(day: date, lag_days: int, work: Path) -> dict[tuple[str, str, str],
     with SimulatorServer(config) as server, CinnoxClient(server.base_url, server.app_id, server.token,
                                                          rate_limit_per_min=None) as client:
         lake = Lake(str(work / f"lag{lag_days}"))
-        app = pipeline.AppRef("default", server.app_id)
-        pipeline.land_day(client, lake, app, window)
-        tables = pipeline.split_day(lake, app, window).tables
+        app = AppConfig("default", server.app_id, server.base_url, server.token, sim_seed=7)
+        splitter = DaySplitter(window, app.app_id)
+        engine.land_day(client, lake, app, window, splitter, workers=2)
+        tables = splitter.finish().tables
     statuses = {}
     for name, channel in (("sms_messages", "SMS"), ("whatsapp_messages", "WhatsApp")):
         table = tables[name]

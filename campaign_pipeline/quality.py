@@ -18,7 +18,7 @@ from campaign_pipeline.transform import SplitStats
 from campaign_pipeline.windows import PartitionWindow
 
 ERROR, WARN = "ERROR", "WARN"
-DEFAULT_REJECTED_RATIO_THRESHOLD = 0.01
+DEFAULT_REJECTED_RATIO_THRESHOLD = settings.DEFAULT_REJECTED_THRESHOLD
 MAX_IDS_IN_METADATA = 50
 
 

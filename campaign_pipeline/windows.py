@@ -13,7 +13,7 @@ def load_timezone(name: str) -> ZoneInfo:
     """Return the IANA zone ``name`` or raise a one-line :class:`ConfigError` saying how to fix it."""
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         raise ConfigError(
             f"CAMPAIGN_PARTITION_TZ={name!r} is not a known IANA timezone; use e.g. 'UTC' or 'Asia/Hong_Kong'"
         ) from None

@@ -121,3 +121,26 @@ def test_cli_demo_backfills_from_the_built_in_simulator_and_prints_the_report(tm
     assert result.returncode == 0, result.stderr
     assert "backfill done: 2 day(s)" in result.stderr
     assert "warehouse:" in result.stdout and (tmp_path / "demo" / "warehouse.duckdb").exists()
+
+
+@pytest.mark.parametrize("bad", [{"CINNOX_RATE_LIMIT_PER_MIN": "abc", "CAMPAIGN_REJECTED_THRESHOLD": "x"},
+                                 {"CAMPAIGN_SOURCE": "cinnox"},  # every missing CINNOX_* variable
+                                 {"CINNOX_BASE_URL": "ftp://x", "CAMPAIGN_PARTITION_TZ": "Mars/Olympus"}])
+def test_bad_configuration_gives_the_same_one_line_error_from_the_cli_and_the_code_location(tmp_path, bad):
+    env = {"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_DATA_DIR": str(tmp_path / "data"), **bad}
+    if bad.get("CINNOX_BASE_URL"):
+        env.update(CAMPAIGN_SOURCE="cinnox", CINNOX_APP_ID="app", CINNOX_APP_TOKEN="a-long-enough-token")
+    cli = run_cli(["backfill", "--start", "2024-05-01", "--end", "2024-05-01"], env)
+    assert cli.returncode == 2
+    (line,) = cli.stderr.splitlines()
+    assert line.startswith("error: ") and "Traceback" not in cli.stderr
+    message = line.removeprefix("error: ")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    full_env.update(env, DAGSTER_HOME=str(tmp_path / "home"))
+    (tmp_path / "home").mkdir()
+    dagster = Path(sys.executable).with_name("dagster")
+    location = subprocess.run([str(dagster), "definitions", "validate", "-w", "dagster_workspace.yaml"], cwd=ROOT,
+                              env=full_env, capture_output=True, text=True, timeout=300, check=False)
+    output = location.stdout + location.stderr
+    assert "Validation failed for code location campaign_pipeline" in output
+    assert f"campaign_pipeline code location: {message}" in output
