@@ -64,7 +64,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     if in_dagster:
         from campaign_pipeline.orchestration.backfill import run_backfill
 
-        outcome = run_backfill(args.start, args.end, resplit_only=args.resplit,
+        outcome = run_backfill(args.start, args.end, resplit_only=args.resplit, allow_shrink=args.allow_shrink,
                                dagster_log_level="DEBUG" if args.verbose else "INFO")
         failure, failed, warned = outcome.failure, outcome.failed_checks, outcome.warned_checks
         done = f"{outcome.materializations} materializations, run {outcome.run_id}"
@@ -72,7 +72,8 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     else:
         from campaign_pipeline import engine
 
-        results = list(engine.run_range(config, args.start, args.end, resplit=args.resplit))
+        options = engine.RunOptions(resplit=args.resplit, allow_shrink=args.allow_shrink)
+        results = list(engine.run_range(config, args.start, args.end, options))
         failed_days = [r for r in results if not r.published]
         success = not failed_days
         failure = "; ".join(f"{r.window.key}: {r.failure}" for r in failed_days) or None
@@ -101,7 +102,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     end = today - timedelta(days=1)
     start = end - timedelta(days=args.days - 1)
     os.environ.setdefault("CAMPAIGN_PARTITION_START", start.isoformat())
-    args.start, args.end, args.resplit, args.dagster = start, end, False, False
+    args.start, args.end, args.resplit, args.dagster, args.allow_shrink = start, end, False, False, False
     code = cmd_backfill(args)
     if code != EXIT_OK:
         return code
@@ -141,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--end", type=_parse_day, required=True, help="last day, YYYY-MM-DD (inclusive)")
     backfill.add_argument("--resplit", action="store_true",
                           help="rebuild tables from the landed raw files only: no API calls")
+    backfill.add_argument("--allow-shrink", action="store_true",
+                          help="let a re-load publish fewer campaigns or messages than a day's published version "
+                               "(otherwise that day fails its no_unexplained_shrink check and keeps its version)")
     backfill.add_argument("--dagster", action="store_true",
                           help="run as a Dagster job even when DAGSTER_HOME is unset (in a throwaway instance)")
     backfill.set_defaults(func=cmd_backfill)

@@ -1,8 +1,13 @@
 """HTTP client for the CINNOX sent-campaigns Open API: pacing, bounded retries, paging, stats.
 
 The HTTP layer only (``requests``, ``orjson``, stdlib). The single retry loop lives in
-:meth:`CinnoxClient._get`; the single paging loop in :meth:`CinnoxClient._paginate`. A page
-carries its ``records`` (the parsed ``result`` rows) and its ``body`` exactly as received.
+:meth:`CinnoxClient._get`; the single paging loop in :meth:`CinnoxClient._paginate`, whose stop
+rule makes a listing complete: a summary listing ends only at an empty page, a detail listing
+at an empty page or at a short page once it holds the campaign's ``totalRecipients`` rows. A
+page carries its ``records`` (the parsed ``result`` rows) and its ``body`` exactly as received.
+Bodies decode as what they are (:func:`decode_json_body`): a leading UTF-8 BOM is stripped and a
+body orjson refuses (a lone surrogate escape such as ``"\\ud83d"``) is decoded by the stdlib
+``json`` module; only a body that is really not JSON is "not valid JSON (truncated?)".
 Errors come from :mod:`campaign_pipeline.errors`. The token never reaches a log line, an
 exception text or a ``repr``: it is checked for shape when the client is built
 (:func:`validate_token`) and every text that could carry it is redacted before it reaches a
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import http.client
+import json
 import logging
 import math
 import random
@@ -44,10 +50,12 @@ from campaign_pipeline.errors import (
 )
 
 __all__ = [
+    "UTF8_BOM",
     "CinnoxClient",
     "Page",
     "RateLimiter",
     "RequestStats",
+    "decode_json_body",
     "format_rfc3339",
     "validate_base_url",
     "validate_token",
@@ -220,8 +228,39 @@ class RequestStats:
 
 
 # --------------------------------------------------------------------------------------------
-# Pages
+# Bodies and pages
 # --------------------------------------------------------------------------------------------
+
+UTF8_BOM = b"\xef\xbb\xbf"
+"""The UTF-8 byte order mark some servers put in front of a JSON body."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode_json_body(content: bytes) -> Any:
+    """Decode a response body as the JSON it is; raise ``ValueError`` when it is not JSON.
+
+    * A leading UTF-8 BOM is skipped (RFC 8259 lets a parser ignore it; orjson refuses it).
+    * orjson decodes everything else it accepts (the fast path).
+    * A body orjson refuses but that is valid UTF-8 JSON is decoded with the stdlib ``json``
+      module: a lone surrogate escape such as ``"\\ud83d"`` then becomes a ``str`` holding that
+      surrogate (not valid Unicode: typing the record is where it is rejected, not here).
+      ``NaN``/``Infinity`` stay refused (not JSON).
+
+    A JSON integer beyond 64 bits arrives as a float from orjson (``1e20`` for ``10**20``), which
+    compares equal to the integer it stands for when it is exactly representable.
+    """
+    data = content.removeprefix(UTF8_BOM)
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(data.decode("utf-8"), parse_constant=_refuse_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ValueError("not valid JSON") from None
 
 
 @dataclass(frozen=True, eq=False)
@@ -233,8 +272,9 @@ class Page:
         offset: the ``offset`` this page was requested with.
         nbytes: response body size in bytes.
         history_id: the campaign id for detail pages, ``None`` for summary pages.
-        body: the response body exactly as received.
-        records: the raw ``result`` rows of the page (JSON objects, unmodified).
+        body: the response body exactly as received (a leading UTF-8 BOM included).
+        records: the raw ``result`` rows of the page (JSON objects, unmodified), as decoded by
+            :func:`decode_json_body`.
     """
 
     endpoint: str
@@ -249,6 +289,14 @@ class Page:
     def row_count(self) -> int:
         """How many rows the page holds."""
         return len(self.records)
+
+    @property
+    def normalized_body(self) -> bytes:
+        """``body`` without a leading UTF-8 BOM (the JSON text itself); ``body`` when it has none.
+
+        Decode it with :func:`decode_json_body`: it may still hold a lone surrogate escape that
+        orjson refuses."""
+        return self.body.removeprefix(UTF8_BOM)
 
 
 def format_rfc3339(value: datetime) -> str:
@@ -565,9 +613,9 @@ class CinnoxClient:
         body: Any = None
         decoded = False
         try:
-            body = orjson.loads(content)
+            body = decode_json_body(content)
             decoded = True
-        except orjson.JSONDecodeError:
+        except ValueError:
             pass
         code: int | None = None
         message: str | None = None
@@ -731,12 +779,29 @@ class CinnoxClient:
 
     # -- paging ---------------------------------------------------------------------------------
 
-    def _paginate(self, endpoint: str, path: str, params: Mapping[str, Any]) -> Iterator[Page]:
+    def _paginate(
+        self,
+        endpoint: str,
+        path: str,
+        params: Mapping[str, Any],
+        *,
+        until_empty: bool,
+        expected_rows: int | None = None,
+    ) -> Iterator[Page]:
         """Yield the pages of one listing: ``offset`` from 0 in steps of the rows received.
 
-        Stops after a short page (fewer than ``limit`` rows, empty included). Raises
-        :class:`PayloadError` when ``result`` is missing, null or not a list of objects, when a full
-        page repeats the previous one exactly (the server ignores ``offset``), or after
+        The stop rule (``limit`` is :attr:`page_size`; a *short* page has fewer rows than that):
+
+        * an empty page always ends the listing;
+        * ``until_empty=True`` (summaries): nothing else does, so a server that caps its pages
+          below ``limit`` is read to the end, at the price of one empty page per listing;
+        * ``until_empty=False`` (details): a short page ends the listing once the pages so far
+          hold at least ``expected_rows`` rows; with ``expected_rows=None``, the first short page
+          does (a server that caps pages is then read incompletely: pass ``expected_rows``);
+        * a full page never ends it.
+
+        Raises :class:`PayloadError` when ``result`` is missing, null or not a list of objects, when
+        a non-empty page repeats the previous one exactly (the server ignores ``offset``), or after
         ``settings.MAX_PAGES_PER_LISTING`` pages.
         """
         history_id = params.get(settings.PARAM_HISTORY_ID)
@@ -758,8 +823,7 @@ class CinnoxClient:
             if not all(isinstance(row, dict) for row in records):
                 raise PayloadError(f"'{settings.ENVELOPE_RESULT}' holds non-object rows", status=200,
                                    url=safe_url, kind="payload")
-            full = len(records) >= limit
-            if full and previous is not None and records == previous:
+            if records and previous is not None and records == previous:
                 raise PayloadError(
                     f"page at offset {offset} repeats the previous page: the server ignores "
                     f"'{settings.PARAM_OFFSET}', stopping an endless listing",
@@ -769,10 +833,13 @@ class CinnoxClient:
                 )
             yield Page(endpoint=endpoint, offset=offset, nbytes=len(content), history_id=history_id,
                        body=content, records=records)
-            if not full:
+            received = len(records)
+            offset += received
+            if received == 0:
+                return
+            if received < limit and not until_empty and (expected_rows is None or offset >= expected_rows):
                 return
             previous = records
-            offset += len(records)
         raise PayloadError(
             f"listing did not end after {settings.MAX_PAGES_PER_LISTING} pages",
             status=200,
@@ -783,6 +850,11 @@ class CinnoxClient:
     def iter_summary_pages(self, start_at: datetime, end_at: datetime) -> Iterator[Page]:
         """Pages of ``sent-campaigns-summary`` (one row per sent campaign) for ``[start_at, end_at]``.
 
+        The listing is complete: pages are requested (``offset`` advancing by the rows received)
+        until one comes back empty, whatever the sizes of the pages before it, so a server that
+        caps pages below ``limit`` loses nothing. A clean day costs one empty page more than its
+        rows need (a day of 8 campaigns: 2 requests; of 0: 1).
+
         Both datetimes must be aware; they are sent as RFC3339 UTC with milliseconds
         (``2022-11-07T00:00:00.000Z``). A naive datetime raises ``ValueError``.
         """
@@ -790,16 +862,33 @@ class CinnoxClient:
             settings.PARAM_START_AT: format_rfc3339(start_at),
             settings.PARAM_END_AT: format_rfc3339(end_at),
         }
-        return self._paginate("summary", self.summary_path, params)
+        return self._paginate("summary", self.summary_path, params, until_empty=True)
 
-    def iter_detail_pages(self, history_id: str) -> Iterator[Page]:
+    def iter_detail_pages(self, history_id: str, expected_rows: int | None = None) -> Iterator[Page]:
         """Pages of ``sent-campaigns-detail`` (one row per recipient) of the campaign ``history_id``.
 
-        ``history_id`` is the summary row's ``id``; an empty one raises ``ValueError``.
+        ``expected_rows`` is the summary row's ``totalRecipients``. Paging (``offset`` advancing by
+        the rows received) stops at an empty page, or at a short page (fewer rows than ``limit``)
+        once the listing holds at least ``expected_rows`` rows; a short page below that is taken
+        for a server-side page cap and paging goes on. With ``expected_rows=None`` the first short
+        page ends the listing. A full page never does. On a clean API this costs no extra request:
+        a campaign of 150 rows is 1 request, of 1,000 rows 3 (500, 500, then the empty page that
+        proves the end), as without ``expected_rows``. A listing that ends (empty page) with fewer
+        rows than ``expected_rows`` is yielded as it is: comparing the two is the caller's job.
+
+        ``history_id`` is the summary row's ``id``; an empty one, or an ``expected_rows`` that is not
+        a non-negative int, raises ``ValueError``.
         """
         if not isinstance(history_id, str) or not history_id.strip():
             raise ValueError("history_id must be a non-empty string (the summary row's 'id')")
-        return self._paginate("detail", self.detail_path, {settings.PARAM_HISTORY_ID: history_id})
+        if expected_rows is not None and (
+            not isinstance(expected_rows, int) or isinstance(expected_rows, bool) or expected_rows < 0
+        ):
+            raise ValueError(
+                "expected_rows must be None or a non-negative int (the summary's 'totalRecipients')"
+            )
+        return self._paginate("detail", self.detail_path, {settings.PARAM_HISTORY_ID: history_id},
+                              until_empty=False, expected_rows=expected_rows)
 
 
 def _read_body(response: requests.Response) -> bytes:

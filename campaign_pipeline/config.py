@@ -48,6 +48,7 @@ SOURCE_SIMULATOR = "simulator"
 SOURCES = (SOURCE_CINNOX, SOURCE_SIMULATOR)
 SOURCE_MARKER = ".campaign_source"
 PII_MARKER = ".campaign_pii_mode"
+TZ_MARKER = ".campaign_partition_tz"
 DEFAULT_APP_KEY = "default"
 _APP_KEY = re.compile(r"[a-z][a-z0-9_]{0,30}")
 _INTEGER = re.compile(r"[+-]?[0-9]{1,19}")
@@ -591,11 +592,12 @@ def settings_help() -> str:
 
 
 def prepare_data_dir(config: PipelineConfig) -> None:
-    """Create the data dir, prove it is writable, and refuse to mix simulator and real data.
+    """Create the data dir, prove it is writable, and refuse to mix data that must not mix.
 
-    The first run records its source in ``<data_dir>/.campaign_source`` and its PII mode in
-    ``.campaign_pii_mode``; a later run with another source or mode fails instead of writing
-    simulated rows beside real ones, or clear recipients beside hashed ones.
+    The first run records its source in ``<data_dir>/.campaign_source``, its PII mode in
+    ``.campaign_pii_mode`` and its partition timezone in ``.campaign_partition_tz``; a later run
+    with another value fails instead of writing simulated rows beside real ones, clear recipients
+    beside hashed ones, or campaigns into two days' partitions.
     """
     data_dir = config.data_dir
     try:
@@ -609,7 +611,8 @@ def prepare_data_dir(config: PipelineConfig) -> None:
             "point it at a writable directory"
         ) from None
     for marker_name, variable, value in ((SOURCE_MARKER, "CAMPAIGN_SOURCE", config.source),
-                                         (PII_MARKER, "CAMPAIGN_PII_MODE", config.pii_mode)):
+                                         (PII_MARKER, "CAMPAIGN_PII_MODE", config.pii_mode),
+                                         (TZ_MARKER, "CAMPAIGN_PARTITION_TZ", config.partition_tz)):
         recorded = _claim_marker(data_dir / marker_name, value)
         if recorded != value:
             raise ConfigError(

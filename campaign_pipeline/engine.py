@@ -5,7 +5,7 @@ For each (app, day), in order::
     list the day's campaigns (summary pages)
     fetch their detail pages in parallel (bounded by the client's shared rate limiter)
     land the raw pages (staged) and type them (records.py, the one typing path)
-    write the day's Parquet files (staged) and replace the day in DuckDB in one transaction
+    write the day's Parquet files (staged) and load them into DuckDB in one transaction
     audit: run the day's checks inside that transaction
     publish: commit, then move the staged files into place -- or, if a blocking check failed,
              roll back and drop the staged files, so readers keep the previous version
@@ -21,16 +21,24 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 
 from campaign_pipeline import quality, reporting
 from campaign_pipeline.client import CinnoxClient
-from campaign_pipeline.config import SOURCE_SIMULATOR, AppConfig, PipelineConfig, recipient_hasher
+from campaign_pipeline.config import (
+    SOURCE_SIMULATOR,
+    AppConfig,
+    PipelineConfig,
+    prepare_data_dir,
+    recipient_hasher,
+)
 from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError
 from campaign_pipeline.lake import Lake, StagedFile
 from campaign_pipeline.pii import RecipientHasher
@@ -103,30 +111,45 @@ class DayResult:
         return f"{self.window.key}{app} published: {rows} ({self.seconds:.1f}s{requests})"
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a run treats its days: ``resplit`` reads the landed files instead of the API;
+    ``allow_shrink`` lets a re-load publish fewer campaigns or messages than the published
+    version; ``run_id`` names the run's quarantined versions."""
+
+    resplit: bool = False
+    allow_shrink: bool = False
+    run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}")
+
+
 def day_windows(start: date, end: date, tz_name: str) -> list[PartitionWindow]:
     """The partition windows of ``start..end`` inclusive."""
     return [PartitionWindow.for_day(start + timedelta(days=n), tz_name) for n in range((end - start).days + 1)]
 
 
-def run_range(cfg: PipelineConfig, start: date, end: date, *, resplit: bool = False,
+def run_range(cfg: PipelineConfig, start: date, end: date, options: RunOptions | None = None,
               log: logging.Logger = progress_log) -> Iterator[DayResult]:
     """Every app's days of ``start..end`` inclusive (see :func:`run_days`)."""
     windows = day_windows(start, end, cfg.partition_tz)
+    options = options or RunOptions()
     for app in cfg.apps:
-        yield from run_days(cfg, app, windows, resplit=resplit, log=log)
+        yield from run_days(cfg, app, windows, options, log)
 
 
-def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow], *, resplit: bool = False,
+def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow], options: RunOptions | None = None,
              log: logging.Logger = progress_log) -> Iterator[DayResult]:
     """Fetch (or re-split), write, audit and publish each of one app's days in order, yielding
     each day's result once it is done; stops after the first failed day. ``log`` gets one INFO
-    line per day (and the client's retry warnings)."""
+    line per day (and the client's retry warnings). The data dir is checked first
+    (:func:`prepare_data_dir`: writable, and pinned to one source, PII mode and timezone)."""
+    options = options or RunOptions()
+    prepare_data_dir(cfg)
     lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
     warehouse = Warehouse(cfg.warehouse_path)
     with contextlib.ExitStack() as stack:
-        client = None if resplit else stack.enter_context(open_client(cfg, app, log))
+        client = None if options.resplit else stack.enter_context(open_client(cfg, app, log))
         for number, window in enumerate(windows, start=1):
-            result = run_day(cfg, app, window, lake, warehouse, client, log)
+            result = run_day(cfg, app, window, lake, warehouse, client, options, log)
             level = logging.INFO if result.published else logging.ERROR
             log.log(level, "day %d/%d %s", number, len(windows), result.summary())
             yield result
@@ -135,10 +158,11 @@ def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow]
 
 
 def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: Lake, warehouse: Warehouse,
-            client: CinnoxClient | None, log: logging.Logger = progress_log) -> DayResult:
+            client: CinnoxClient | None, options: RunOptions, log: logging.Logger = progress_log) -> DayResult:
     """One (app, day): fetch and land (with a ``client``) or re-split (without), then write,
-    audit and publish. Never raises for a failed day (the result carries the failure), except
-    on ``KeyboardInterrupt``/``SystemExit``."""
+    audit and publish. A version failing a blocking check is quarantined (its files and check
+    results under ``lake/_quarantine/date=<day>/run=<run_id>/``). Never raises for a failed day
+    (the result carries the failure), except on ``KeyboardInterrupt``/``SystemExit``."""
     started = time.monotonic()
     result = DayResult(app, window)
     staged: list[StagedFile] = []
@@ -149,19 +173,27 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
                                           recipient_hasher(cfg), log)
             staged.append(raw)
             tables = splitter.finish()
+            log.debug("%s: typed %s", window.key, tables.row_counts)
         else:
             tables = split_day(lake, app, window)
         result.stats = tables.stats
-        staged += [lake.stage_parquet(name, window.day, table.reader(), app.key)
-                   for name, table in tables.parts.items()]
+        parquet = {name: lake.stage_parquet(name, window.day, table.reader(), app.key)
+                   for name, table in tables.parts.items()}
+        staged += parquet.values()
+        del tables  # DuckDB loads the staged Parquet files: the day's rows are not held twice
+        log.debug("%s: Parquet staged", window.key)
         refetch = _summary_refetcher(cfg, app, window, client, log)
-        committed = _load_and_audit(cfg, app, window, warehouse, tables, refetch, result)
+        files = {name: Path(file.local_path) for name, file in parquet.items()}
+        committed = _load_and_audit(cfg, app, window, warehouse, files, result.stats, refetch, result,
+                                    options.allow_shrink)
         if committed:
             for file in staged:
                 file.commit()
         else:
+            where = _quarantine(lake, app, window, options.run_id, staged, result)
             names = ", ".join(result.check_names([c for c in result.failed_checks if c.spec.blocking]))
-            result.failure = f"blocking check failed ({names}); the day was not published, the previous version is kept"
+            result.failure = (f"blocking check failed ({names}); not published, the previous version is kept; "
+                              f"this version is quarantined in {where}")
     except Exception as error:  # noqa: BLE001 -- a failed day is a result; the front ends decide
         result.error = error
         result.failure = _one_line(error)
@@ -173,18 +205,39 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
 
 
 def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, warehouse: Warehouse,
-                    tables: DayTables, refetch: Callable[[], list], result: DayResult) -> bool:
+                    files: dict[str, Path], stats: SplitStats, refetch: Callable[[], list], result: DayResult,
+                    allow_shrink: bool) -> bool:
     """Replace the day in DuckDB and run its checks inside the transaction; commit only if no
     blocking check failed. Fills ``result.inserted``, ``rates`` and ``checks``."""
 
+    previous: dict[str, int] = {}
+
+    def count_published(con) -> None:
+        previous.update(quality.published_counts(con, window.day, app.app_id))
+
     def audit(con) -> bool:
         result.rates = reporting.partition_rates(con, window.day, app.app_id)
-        result.checks = quality.evaluate_day(con, window, app.app_id, tables.stats, refetch, cfg.rejected_threshold)
+        result.checks = quality.evaluate_day(con, window, app.app_id, stats, refetch, cfg.rejected_threshold,
+                                             previous, allow_shrink)
         return not any(c.spec.blocking for c in result.failed_checks)
 
-    readers = {name: table.reader() for name, table in tables.parts.items()}
-    result.inserted, committed = warehouse.replace_partition(window.day, readers, app.app_id, audit)
+    result.inserted, committed = warehouse.replace_partition(window.day, files, app.app_id, audit, count_published)
     return committed
+
+
+def _quarantine(lake: Lake, app: AppConfig, window: PartitionWindow, run_id: str, staged: list[StagedFile],
+                result: DayResult) -> str:
+    """Keep a version that failed its checks aside for inspection: its staged files and its check
+    results under ``lake/_quarantine/date=<day>/run=<run_id>/``; returns that directory."""
+    directory = lake.quarantine_dir(window.day, run_id)
+    for file in staged:
+        table, _, name = file.path.rsplit("/", 3)[-3:]  # <root>/<table>/date=<day>/<name>
+        file.commit(f"{directory}/{table}-{name}")
+    checks = [{"table": c.spec.table, "check": c.spec.name, "passed": c.passed, "severity": c.severity,
+               "blocking": c.spec.blocking, "description": c.description} for c in result.checks]
+    lake.write_json(f"{directory}/checks-{app.key}.json", {"day": window.key, "app": app.key, "run_id": run_id,
+                                                            "inserted": result.inserted, "checks": checks})
+    return directory
 
 
 def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: PartitionWindow, splitter: DaySplitter,
@@ -201,16 +254,17 @@ def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: Partition
             writer.write_page("summary", None, page.offset, page.records)
             splitter.add_summary_records(page.records)
             landed.campaigns_listed += len(page.records)
-        campaign_ids = list(splitter.campaign_channels)
-        landed.campaigns_in_window = len(campaign_ids)
+        expected_rows = splitter.campaigns_to_fetch
+        campaign_ids = list(expected_rows)
+        landed.campaigns_in_window = len(splitter.campaign_channels)
         log.info("%s: %d campaigns listed, %d in the day; fetching their details", window.key,
-                 landed.campaigns_listed, len(campaign_ids))
+                 landed.campaigns_listed, landed.campaigns_in_window)
         write_lock = threading.Lock()
         done = 0
 
         def fetch_campaign(history_id: str) -> None:
             nonlocal done
-            for page in client.iter_detail_pages(history_id):
+            for page in client.iter_detail_pages(history_id, expected_rows[history_id]):
                 page_records = hasher.redact_page(page.records) if hasher is not None else page.records
                 with write_lock:
                     if hasher is None:

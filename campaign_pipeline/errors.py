@@ -7,6 +7,7 @@
     ├── WarehouseError                     the warehouse is unreachable or its schema disagrees with the
     │                                      declared Arrow schemas
     ├── LandingMissingError                a re-split was asked for a day that was never landed
+    ├── LandingCorruptError                a landing file is empty, truncated or fails its checksum
     └── CinnoxError                        anything from the CINNOX API: .status, .code, .cinnox_message,
         │                                  .url, .kind (label for counters, e.g. http_503, timeout)
         ├── RetriableError                 429, 5xx, timeouts, resets, truncated / non-JSON bodies,
@@ -36,6 +37,7 @@ __all__ = [
     "CinnoxError",
     "ConfigError",
     "FatalError",
+    "LandingCorruptError",
     "LandingMissingError",
     "PayloadError",
     "RetriableError",
@@ -67,6 +69,10 @@ class WarehouseError(CampaignPipelineError):
 
 class LandingMissingError(CampaignPipelineError):
     """A re-split was asked for a day that was never landed."""
+
+
+class LandingCorruptError(CampaignPipelineError):
+    """A landing file is empty, truncated, undecodable or fails its checksum: it cannot be re-split."""
 
 
 class CinnoxError(CampaignPipelineError):

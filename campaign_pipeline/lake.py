@@ -14,7 +14,10 @@ final key at commit.
 
 from __future__ import annotations
 
+import codecs
 import contextlib
+import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -31,12 +34,18 @@ import pyarrow.parquet as pq
 
 from campaign_pipeline import schemas, settings
 from campaign_pipeline.crashpoints import crash_point
+from campaign_pipeline.errors import LandingCorruptError
 
 DEFAULT_APP_KEY = "default"
 # zstd compresses NDJSON ~15x faster than gzip at a similar ratio (measured: 858 vs 51 MB/s), which
 # keeps landing off the critical path; `zstdcat` or pyarrow/DuckDB read it.
 RAW_CODEC, RAW_CODEC_SUFFIX = "zstd", "zst"
 _TEMP_MARK = ".tmp-"
+#: Landing files start with a begin line naming this format and end with an end line carrying
+#: the SHA-256 of every line before it, which a re-split verifies.
+LANDING_FORMAT = 2
+_BEGIN, _END = "_begin", "_end"
+QUARANTINE_DIRNAME = "_quarantine"
 #: Rows buffered before a streamed Parquet write emits a row group (bounds its memory).
 PARQUET_ROW_GROUP_ROWS = 16_384
 
@@ -92,6 +101,17 @@ class Lake:
     def raw_path(self, day: date, app_key: str = DEFAULT_APP_KEY) -> str:
         """The raw landing file of one day for one app."""
         return f"{self.partition_dir(settings.RAW_DIRNAME, day)}/responses-{app_key}.ndjson.{RAW_CODEC_SUFFIX}"
+
+    def quarantine_dir(self, day: date, run_id: str) -> str:
+        """Where a run keeps a day's version that failed its checks: ``<root>/_quarantine/date=<day>/run=<run_id>``
+        (hidden from the tables' hive datasets, which live under their own directories)."""
+        return f"{self.root}/{QUARANTINE_DIRNAME}/date={day.isoformat()}/run={run_id}"
+
+    def write_json(self, path: str, value) -> str:
+        """Write a small JSON document atomically; returns the path."""
+        with self._staged_output(path) as (stream, staged):
+            stream.write(_dumps(value))
+        return staged.commit()
 
     def table_dir(self, table: str) -> str:
         """Root of one table's hive-partitioned dataset."""
@@ -175,6 +195,7 @@ class Lake:
             with pa.CompressedOutputStream(stream, RAW_CODEC) as compressed:
                 writer = RawWriter(compressed)
                 yield writer
+                writer.finish()
             writer.staged = staged
 
     def has_raw(self, day: date, app_key: str = DEFAULT_APP_KEY) -> bool:
@@ -182,12 +203,39 @@ class Lake:
         return self.exists(self.raw_path(day, app_key))
 
     def iter_raw_pages(self, day: date, app_key: str = DEFAULT_APP_KEY) -> Iterator[RawPage]:
-        """The landed pages of ``day`` in the order they were written (summary pages first)."""
-        with self.fs.open_input_stream(self.raw_path(day, app_key), compression=RAW_CODEC) as stream:
-            for line in _lines(stream):
-                item = orjson.loads(line)
-                page_records = item["response"][settings.ENVELOPE_RESULT] if "response" in item else item["result"]
-                yield RawPage(item["endpoint"], item.get("history_id"), item.get("offset", 0), page_records)
+        """The landed pages of ``day`` in the order they were written (summary pages first),
+        verified: a file that is empty, truncated, undecodable or whose SHA-256 differs from its
+        end line raises :class:`LandingCorruptError` (after its last page: callers must not
+        publish before the iteration ends). Files landed before checksums existed (no begin
+        line) are read unverified."""
+        path = self.raw_path(day, app_key)
+        digest, verified, ended, lines = hashlib.sha256(), False, False, 0
+        try:
+            with self.fs.open_input_stream(path, compression=RAW_CODEC) as stream:
+                for line in _lines(stream):
+                    lines += 1
+                    if ended:
+                        raise LandingCorruptError(f"landing file {path} has data after its end line")
+                    item = _loads(line, f"landing file {path}")
+                    endpoint = item.get("endpoint")
+                    if endpoint == _END:
+                        _verify_end(item, digest, path)
+                        ended = True
+                        continue
+                    digest.update(line + b"\n")
+                    if endpoint == _BEGIN and lines == 1:
+                        verified = True
+                        continue
+                    page_records = item["response"][settings.ENVELOPE_RESULT] if "response" in item else item["result"]
+                    yield RawPage(endpoint, item.get("history_id"), item.get("offset", 0), page_records)
+        except (OSError, pa.ArrowException, KeyError, TypeError) as error:
+            raise LandingCorruptError(f"landing file {path} cannot be read ({type(error).__name__}); "
+                                      "re-fetch the day without --resplit") from None
+        if lines == 0:
+            raise LandingCorruptError(f"landing file {path} is empty; re-fetch the day without --resplit")
+        if verified and not ended:
+            raise LandingCorruptError(f"landing file {path} is truncated (no end line); "
+                                      "re-fetch the day without --resplit")
 
 
 class StagedFile:
@@ -202,20 +250,30 @@ class StagedFile:
     def __repr__(self) -> str:
         return f"StagedFile({self.path}, {'pending' if self._temp else 'done'})"
 
-    def commit(self) -> str:
-        """Make the staged file visible at its path, replacing what was there; returns the path."""
+    @property
+    def local_path(self) -> str:
+        """The staged file's path on local disk (readable until it is committed or discarded)."""
+        if self._temp is None:
+            raise RuntimeError(f"{self.path} was already committed or discarded")
+        return self._temp
+
+    def commit(self, path: str | None = None) -> str:
+        """Make the staged file visible at its path (or at ``path``, e.g. a quarantine), replacing
+        what was there; returns the path."""
         if self._temp is None:
             raise RuntimeError(f"{self.path} was already committed or discarded")
         temp, self._temp = self._temp, None
+        target = path or self.path
         crash_point("file_before_rename")
         if self.lake.is_local:
-            self.lake.fs.move(temp, self.path)
+            self.lake.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            self.lake.fs.move(temp, target)
         else:
-            self.lake.fs.create_dir(self.path.rsplit("/", 1)[0], recursive=True)
-            pafs.copy_files(temp, self.path, source_filesystem=pafs.LocalFileSystem(),
+            self.lake.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            pafs.copy_files(temp, target, source_filesystem=pafs.LocalFileSystem(),
                             destination_filesystem=self.lake.fs)
             shutil.rmtree(os.path.dirname(temp), ignore_errors=True)
-        return self.path
+        return target
 
     def discard(self) -> None:
         """Remove the staged file (no-op once committed or discarded)."""
@@ -238,31 +296,71 @@ class RawWriter:
 
     def __init__(self, stream: pa.NativeFile):
         self._stream = stream
+        self._digest = hashlib.sha256()
         self.staged: StagedFile | None = None  # set once the file is complete
         self.pages = 0
         self.records = 0
+        self._write(orjson.dumps({"endpoint": _BEGIN, "format": LANDING_FORMAT}) + b"\n")
 
-    def write_page(self, endpoint: str, history_id: str | None, offset: int, page_records: list) -> None:
+    def _write(self, line: bytes) -> None:
+        self._digest.update(line)
+        self._stream.write(line)
+
+    def write_page(self, endpoint: str, history_id: str | None, offset: int, page_records: list,
+                   original_sha256: str | None = None) -> None:
         """Append one page; records are kept verbatim, unknown fields included."""
-        line = orjson.dumps(
-            {"endpoint": endpoint, "history_id": history_id, "offset": offset, "result": page_records}
-        )
-        self._stream.write(line + b"\n")
+        item = {"endpoint": endpoint, "history_id": history_id, "offset": offset, "result": page_records}
+        if original_sha256 is not None:
+            item["original_sha256"] = original_sha256
+        self._write(_dumps(item) + b"\n")
         self.pages += 1
         self.records += len(page_records)
         crash_point("landing_page")
 
     def write_response(self, endpoint: str, history_id: str | None, offset: int, body: bytes, row_count: int) -> None:
-        """Append one page as its verbatim response body (a JSON object whose ``result`` holds
-        ``row_count`` records). A body spread over several lines is re-encoded onto one."""
-        if b"\n" in body:
-            self.write_page(endpoint, history_id, offset, orjson.loads(body)[settings.ENVELOPE_RESULT])
+        """Append one page as its response body (a JSON object whose ``result`` holds
+        ``row_count`` records), spliced in byte for byte when it is one line of plain JSON. A body
+        with a UTF-8 BOM or spread over several lines is normalized (re-encoded onto one line,
+        without the BOM) and the original bytes' SHA-256 recorded beside it."""
+        if body.startswith(codecs.BOM_UTF8) or b"\n" in body or b"\r" in body:
+            records = _loads(body.removeprefix(codecs.BOM_UTF8), "response body")[settings.ENVELOPE_RESULT]
+            self.write_page(endpoint, history_id, offset, records, hashlib.sha256(body).hexdigest())
             return
         header = orjson.dumps({"endpoint": endpoint, "history_id": history_id, "offset": offset})
-        self._stream.write(b"".join((header[:-1], b',"response":', body, b"}\n")))
+        self._write(b"".join((header[:-1], b',"response":', body, b"}\n")))
         self.pages += 1
         self.records += row_count
         crash_point("landing_page")
+
+    def finish(self) -> None:
+        """Append the end line: page and record counts and the SHA-256 of every line before it."""
+        self._stream.write(_dumps({"endpoint": _END, "pages": self.pages, "records": self.records,
+                                   "sha256": self._digest.hexdigest()}) + b"\n")
+
+
+def _dumps(item) -> bytes:
+    """JSON bytes; text that is not valid Unicode (a lone surrogate) is kept as its escape."""
+    try:
+        return orjson.dumps(item)
+    except TypeError:
+        return json.dumps(item, separators=(",", ":")).encode()
+
+
+def _loads(line: bytes, where: str):
+    """Decode one JSON value; the stdlib decoder takes lone surrogate escapes orjson refuses."""
+    try:
+        return orjson.loads(line)
+    except orjson.JSONDecodeError:
+        try:
+            return json.loads(line)
+        except ValueError:
+            raise LandingCorruptError(f"{where}: a line is not valid JSON; re-fetch the day without --resplit") from None
+
+
+def _verify_end(item: dict, digest, path: str) -> None:
+    if item.get("sha256") != digest.hexdigest():
+        raise LandingCorruptError(f"landing file {path} fails its checksum (corrupted); "
+                                  "re-fetch the day without --resplit")
 
 
 def _remove_orphaned_temps(directory: str) -> None:

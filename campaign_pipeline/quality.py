@@ -70,10 +70,18 @@ SCHEMA_DRIFT = _spec(schemas.CAMPAIGNS.name, "schema_drift", False,
                      "Warns with the names of API fields the typed tables do not model")
 REJECTED_RATIO = _spec(schemas.REJECTED_RECORDS.name, "rejected_ratio", True,
                        "Share of records rejected: warns above 0, fails above the threshold (default 1%)")
+CAMPAIGNS_PLACED = _spec(schemas.CAMPAIGNS.name, "campaigns_placed", True,
+                         "Every campaign the summary lists for the day could be typed and placed in it; a campaign "
+                         "whose summary record was rejected fails the day (its details are landed and rejected)")
+NO_UNEXPLAINED_SHRINK = _spec(
+    schemas.CAMPAIGNS.name, "no_unexplained_shrink", True,
+    "A re-load never publishes fewer campaigns or fewer messages than the day's published version "
+    "(recipients are never removed from a sent campaign); allow it for one run with --allow-shrink",
+)
 
 ALL_CHECKS: list[CheckSpec] = [
     *UNIQUE_RECIPIENT.values(), *STATUS_VOCABULARY.values(), *SENT_AT_IN_WINDOW.values(),
-    RECONCILIATION, SCHEMA_DRIFT, REJECTED_RATIO,
+    RECONCILIATION, SCHEMA_DRIFT, REJECTED_RATIO, CAMPAIGNS_PLACED, NO_UNEXPLAINED_SHRINK,
 ]  # fmt: skip
 
 
@@ -272,6 +280,50 @@ def check_rejected_ratio(
     )
 
 
+def check_campaigns_placed(stats: SplitStats) -> CheckOutcome:
+    """Fail when a campaign listed for the day could not be typed (its summary record was rejected)."""
+    unplaced = dict(sorted(stats.unplaced_campaigns.items()))
+    return CheckOutcome(
+        CAMPAIGNS_PLACED, passed=not unplaced,
+        description=(f"{len(unplaced)} campaign(s) could not be placed in the day: "
+                     + ", ".join(f"{cid} ({reason})" for cid, reason in list(unplaced.items())[:5])
+                     if unplaced else "every listed campaign was placed"),
+        metadata={"unplaced_campaigns": dict(list(unplaced.items())[:MAX_IDS_IN_METADATA])},
+    )
+
+
+def published_counts(con: duckdb.DuckDBPyConnection, day, app_id: str) -> dict[str, int]:
+    """Campaigns and messages of the (app, day) as the connection sees them."""
+    params = {"day": day, "app": app_id}
+    campaigns, messages = con.execute(
+        "SELECT (SELECT count(*) FROM campaigns WHERE partition_date = $day AND app_id = $app), "
+        "(SELECT count(*) FROM sms_messages WHERE partition_date = $day AND app_id = $app) + "
+        "(SELECT count(*) FROM whatsapp_messages WHERE partition_date = $day AND app_id = $app)",
+        params,
+    ).fetchone()
+    return {"campaigns": campaigns, "messages": messages}
+
+
+def check_no_unexplained_shrink(previous: dict[str, int] | None, new: dict[str, int],
+                                allow_shrink: bool = False) -> CheckOutcome:
+    """Fail when the new version has fewer campaigns or messages than the published one, unless
+    the run allows it (``--allow-shrink``)."""
+    previous = previous or {"campaigns": 0, "messages": 0}
+    shrunk = {name: (previous[name], new[name]) for name in ("campaigns", "messages") if new[name] < previous[name]}
+    text = "; ".join(f"{name} {old} -> {now}" for name, (old, now) in shrunk.items())
+    if not shrunk:
+        description = "no fewer campaigns or messages than the published version"
+    elif allow_shrink:
+        description = f"shrink allowed by --allow-shrink: {text}"
+    else:
+        description = f"fewer than the published version: {text}; re-run with --allow-shrink if this is right"
+    return CheckOutcome(
+        NO_UNEXPLAINED_SHRINK, passed=not shrunk or allow_shrink, severity=ERROR,
+        description=description,
+        metadata={"published": previous, "new": new, "allow_shrink": allow_shrink},
+    )
+
+
 def evaluate_day(
     con: duckdb.DuckDBPyConnection,
     window: PartitionWindow,
@@ -279,12 +331,17 @@ def evaluate_day(
     stats: SplitStats,
     refetch_summary: Callable[[], list] | None = None,
     rejected_threshold: float = DEFAULT_REJECTED_RATIO_THRESHOLD,
+    previous: dict[str, int] | None = None,
+    allow_shrink: bool = False,
 ) -> list[CheckOutcome]:
-    """Every check of one app's partition, in :data:`ALL_CHECKS` order."""
+    """Every check of one app's partition, in :data:`ALL_CHECKS` order. ``previous`` holds the
+    published version's counts (:func:`published_counts` before the day was replaced)."""
     outcomes = [check_unique_recipients(con, t.name, window, app_id) for t in schemas.MESSAGE_TABLES]
     outcomes += [check_status_vocabulary(con, t.name, window, app_id) for t in schemas.MESSAGE_TABLES]
     outcomes += [check_sent_at_in_window(con, t, window, app_id) for t in SENT_AT_IN_WINDOW]
     outcomes.append(check_reconciliation(con, window, app_id, refetch_summary))
     outcomes.append(check_schema_drift(stats))
     outcomes.append(check_rejected_ratio(con, window, app_id, rejected_threshold))
+    outcomes.append(check_campaigns_placed(stats))
+    outcomes.append(check_no_unexplained_shrink(previous, published_counts(con, window.day, app_id), allow_shrink))
     return outcomes

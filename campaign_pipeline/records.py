@@ -52,17 +52,33 @@ class RecordRejected(ValueError):
         self.reason = reason
 
 
+#: Largest value of the warehouse's BIGINT / INTEGER columns.
+INT64_MAX = 2**63 - 1
+INT32_MAX = 2**31 - 1
+
+
 def text_or_none(value: Any) -> str | None:
-    """Optional text field: absent, ``null`` and ``""`` all become ``None``; numbers become text."""
+    """Optional text field: absent, ``null`` and ``""`` all become ``None``; numbers become text.
+    Text that is not valid Unicode (a lone surrogate escape such as ``\\ud83d``) is rejected."""
     if value.__class__ is str:
+        if not value.isascii():
+            _require_unicode(value)
         return value.strip() or None
     if value is None:
         return None
     if isinstance(value, str):
+        _require_unicode(value)
         return value.strip() or None
     if isinstance(value, bool):
         return str(value).lower()
     return str(value)
+
+
+def _require_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise RecordRejected("text is not valid Unicode") from None
 
 
 _TIMESTAMP_CACHE: dict[str, int] = {}
@@ -125,8 +141,9 @@ def normalize_recipient(value: Any) -> str:
     return "+" + digits
 
 
-def parse_count(value: Any, field: str) -> int | None:
-    """A non-negative count given as a JSON number or a numeric string; absent/empty gives ``None``."""
+def parse_count(value: Any, field: str, maximum: int = INT64_MAX) -> int | None:
+    """A count in ``0..maximum`` given as a JSON number or a numeric string; absent/empty gives
+    ``None``; anything else is rejected (a value outside the column's range included)."""
     if value is None or value == "":
         return None
     if isinstance(value, bool):
@@ -147,6 +164,8 @@ def parse_count(value: Any, field: str) -> int | None:
         raise RecordRejected(f"invalid {field}")
     if number < 0:
         raise RecordRejected(f"negative {field}")
+    if number > maximum:
+        raise RecordRejected(f"{field} out of range")
     return number
 
 
@@ -241,7 +260,7 @@ def parse_sms_message(record: Any, campaign_id: str) -> tuple:
     """
     record = _check_detail(record, campaign_id)
     sender = sender_of(record)
-    num_sms = parse_count(record.get("numSMS"), "numSMS")
+    num_sms = parse_count(record.get("numSMS"), "numSMS", INT32_MAX)
     country = text_or_none(record.get("recipientCountry"))
     return (
         campaign_id,

@@ -11,6 +11,7 @@ files. A whole 10x day is about 50 MB of Arrow, so a day's tables stay in memory
 
 from __future__ import annotations
 
+import json
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ import pyarrow.compute as pc
 from campaign_pipeline import records, schemas, settings
 from campaign_pipeline.windows import PartitionWindow
 
-_BATCH_ROWS = 20_000
+_BATCH_ROWS = 1_024
+_PART_ROWS = 8_192  # small campaigns are joined into parts of about this many rows
 
 
 @dataclass
@@ -37,6 +39,7 @@ class SplitStats:
     duplicate_campaigns_dropped: int = 0
     duplicate_messages_dropped: int = 0
     details_for_unknown_campaigns: int = 0
+    unplaced_campaigns: dict[str, str] = field(default_factory=dict)  # campaign id -> why its summary was rejected
     rejected_by_reason: Counter = field(default_factory=Counter)
     unknown_fields: set[str] = field(default_factory=set)
     unknown_statuses: dict[str, set[str]] = field(default_factory=dict)
@@ -50,6 +53,7 @@ class SplitStats:
             "duplicate_campaigns_dropped": self.duplicate_campaigns_dropped,
             "duplicate_messages_dropped": self.duplicate_messages_dropped,
             "details_for_unknown_campaigns": self.details_for_unknown_campaigns,
+            "unplaced_campaigns": dict(sorted(self.unplaced_campaigns.items())),
             "rejected_by_reason": dict(sorted(self.rejected_by_reason.items())),
             "unknown_fields": sorted(self.unknown_fields),
             "unknown_statuses": {k: sorted(v) for k, v in sorted(self.unknown_statuses.items())},
@@ -75,7 +79,7 @@ class DayTable:
         return sum(part.num_rows for part in self.parts)
 
     def batches(self) -> Iterator[pa.RecordBatch]:
-        """The rows as record batches of the table's schema, part by part."""
+        """The rows as record batches of the table's schema, part by part (no copy of the parts)."""
         for part in self.parts:
             for batch in part.to_batches():
                 yield with_partition_columns(batch, self.schema, self.app_id, self.day)
@@ -168,6 +172,16 @@ def _storage_type(arrow_type: pa.DataType) -> pa.DataType:
 
 
 _CAMPAIGN_COLUMNS = schemas.row_schema(schemas.CAMPAIGNS_SCHEMA).names
+_TOTAL_INDEX = _CAMPAIGN_COLUMNS.index("total_recipients")
+
+
+def json_text(record) -> str:
+    """A record as compact JSON text with sorted keys; text that is not valid Unicode (a lone
+    surrogate) is kept as its ``\\uXXXX`` escape."""
+    try:
+        return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:  # orjson refuses lone surrogates
+        return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
 
 
 class DaySplitter:
@@ -181,7 +195,7 @@ class DaySplitter:
         self.app_id = app_id
         self.stats = SplitStats()
         self._campaign_channels: dict[str, str] = {}
-        self._campaigns = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
+        self._campaign_rows: dict[str, tuple] = {}  # campaign id -> its row (the copy listed last)
         # Messages are kept per campaign: a campaign is de-duplicated and sorted on its own once
         # its pages are in (duplicates only occur within one campaign's listing), so the day's
         # table is its campaigns in id order, with no day-sized sort or copy.
@@ -196,25 +210,41 @@ class DaySplitter:
         """Campaign id -> channel for the campaigns that belong to this window."""
         return self._campaign_channels
 
+    @property
+    def campaigns_to_fetch(self) -> dict[str, int | None]:
+        """Campaign id -> expected detail rows (the summary's ``totalRecipients``) for every
+        campaign whose details must be fetched: those in the window, and those whose summary
+        record could not be typed but names a usable id (their details are landed and counted
+        as rejected, and the day fails its ``campaigns_placed`` check, instead of the campaign
+        disappearing)."""
+        wanted: dict[str, int | None] = {cid: row[_TOTAL_INDEX] for cid, row in self._campaign_rows.items()}
+        wanted.update({cid: None for cid in self.stats.unplaced_campaigns if cid not in wanted})
+        return wanted
+
     def add_summary_records(self, page_records: list) -> None:
-        """Type summary records; keep those whose ``date`` falls in the window."""
+        """Type summary records; keep those whose ``date`` falls in the window. A campaign listed
+        twice keeps the copy listed last (the one every check sees too)."""
         for record in page_records:
             self.stats.summary_records += 1
             try:
                 row = records.parse_campaign(record)
             except records.RecordRejected as rejected:
-                self._reject("summary", record, rejected.reason, None, _safe_id(record))
+                campaign_id = _safe_id(record)
+                self._reject("summary", record, rejected.reason, None, campaign_id)
+                if campaign_id is not None:
+                    self.stats.unplaced_campaigns[campaign_id] = rejected.reason
                 continue
             if isinstance(record, dict):
                 self.stats.unknown_fields.update(records.unknown_fields(record, records.SUMMARY_FIELDS))
             if not self.window.contains_us(row["sent_at"]):
                 self.stats.campaigns_out_of_window += 1
                 continue
-            if row["campaign_id"] in self._campaign_channels:
+            campaign_id = row["campaign_id"]
+            if campaign_id in self._campaign_rows:
                 self.stats.duplicate_campaigns_dropped += 1
-                continue
-            self._campaign_channels[row["campaign_id"]] = row["channel"]
-            self._campaigns.extend([tuple(row[c] for c in _CAMPAIGN_COLUMNS)])
+            self.stats.unplaced_campaigns.pop(campaign_id, None)
+            self._campaign_channels[campaign_id] = row["channel"]
+            self._campaign_rows[campaign_id] = tuple(row[c] for c in _CAMPAIGN_COLUMNS)
 
     def add_detail_records(self, history_id: str, page_records: list) -> None:
         """Type the detail records of campaign ``history_id`` into its channel's table."""
@@ -225,7 +255,9 @@ class DaySplitter:
         once the summary is in); hand the result to :meth:`add_typed_detail_page`."""
         channel = self._campaign_channels.get(history_id)
         if channel is None:
-            return TypedDetailPage(history_id, None, len(page_records))
+            unplaced = self.stats.unplaced_campaigns.get(history_id)
+            rejected = [(record, f"campaign summary rejected: {unplaced}") for record in page_records] if unplaced else []
+            return TypedDetailPage(history_id, None, len(page_records), rejected=rejected)
         typed = TypedDetailPage(history_id, channel, len(page_records))
         parse = records.MESSAGE_PARSERS[channel]
         known = records.DETAIL_FIELDS
@@ -245,7 +277,10 @@ class DaySplitter:
         """Add a page typed by :meth:`type_detail_page` to its campaign (thread-safe)."""
         with self._lock:
             if typed.channel is None:
-                self.stats.details_for_unknown_campaigns += typed.row_count
+                for record, reason in typed.rejected:
+                    self._reject("detail", record, reason, None, typed.history_id)
+                if not typed.rejected:
+                    self.stats.details_for_unknown_campaigns += typed.row_count
                 return
             self.stats.detail_records += typed.row_count
             self.stats.unknown_fields.update(typed.unknown_fields)
@@ -273,24 +308,46 @@ class DaySplitter:
             self._statuses.setdefault(self._campaign_channels[history_id], set()).update(statuses)
             self._finished_campaigns[history_id] = kept
 
+    def _coalesced(self, campaign_ids: list[str]) -> list[pa.Table]:
+        """The finished campaigns, in order, as parts of about ``_PART_ROWS`` rows each: tiny
+        campaigns are joined (thousands of tiny batches cost DuckDB about 150 MB more to insert),
+        and each campaign is dropped as soon as it is copied into its part."""
+        parts: list[pa.Table] = []
+        group: list[pa.Table] = []
+        rows = 0
+        for cid in campaign_ids:
+            table = self._finished_campaigns.pop(cid)
+            if table.num_rows >= _PART_ROWS:
+                parts.append(table)
+                continue
+            group.append(table)
+            rows += table.num_rows
+            if rows >= _PART_ROWS:
+                parts.append(pa.concat_tables(group).combine_chunks())
+                group, rows = [], 0
+        if rows:
+            parts.append(pa.concat_tables(group).combine_chunks())
+        return parts
+
     def _reject(self, endpoint: str, record, reason: str, channel: str | None, campaign_id: str | None) -> None:
         self.stats.rejected_by_reason[reason] += 1
-        raw = orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
+        raw = json_text(record)
         self._rejected.append((endpoint, channel, campaign_id, reason, raw))
 
     def finish(self) -> DayTables:
         """Build the day's tables: de-duplicated, sorted, typed by the declared schemas. Message
         tables are their campaigns in id order."""
         day, app_id = self.window.day, self.app_id
-        campaigns = _sorted(self._campaigns.to_row_table(), schemas.CAMPAIGNS)
+        buffer = _ColumnBuffer(schemas.CAMPAIGNS_SCHEMA)
+        buffer.extend(list(self._campaign_rows.values()))
+        campaigns = _sorted(buffer.to_row_table(), schemas.CAMPAIGNS)
         parts = {schemas.CAMPAIGNS.name: DayTable(schemas.CAMPAIGNS.schema, app_id, day, [campaigns])}
         for history_id in list(self._open_campaigns):
             self.finish_campaign(history_id)
         for spec in schemas.MESSAGE_TABLES:
             channel = settings.CHANNEL_SMS if spec is schemas.SMS_MESSAGES else settings.CHANNEL_WHATSAPP
-            finished = [self._finished_campaigns.pop(cid) for cid in sorted(self._finished_campaigns)
-                        if self._campaign_channels[cid] == channel]
-            parts[spec.name] = DayTable(spec.schema, app_id, day, [part for part in finished if part.num_rows])
+            ids = [cid for cid in sorted(self._finished_campaigns) if self._campaign_channels[cid] == channel]
+            parts[spec.name] = DayTable(spec.schema, app_id, day, self._coalesced(ids))
             unknown = self._statuses.get(channel, set()) - set(
                 settings.SMS_STATUSES if channel == settings.CHANNEL_SMS else settings.WHATSAPP_STATUSES
             )
@@ -308,9 +365,12 @@ class DaySplitter:
 
 
 def _safe_id(record) -> str | None:
-    if isinstance(record, dict):
+    if not isinstance(record, dict):
+        return None
+    try:
         return records.text_or_none(record.get("id"))
-    return None
+    except records.RecordRejected:
+        return None
 
 
 def _sorted(table: pa.Table, spec: schemas.TableSpec) -> pa.Table:

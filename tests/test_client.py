@@ -1,4 +1,5 @@
-"""CinnoxClient against real HTTP servers: paging, retries per fault kind, fatal errors, pacing, redaction.
+"""CinnoxClient against real HTTP servers: paging and its stop rule, body decoding (BOM, lone surrogates),
+retries per fault kind, fatal errors, pacing, redaction.
 
 Most tests run against the CINNOX simulator; a few use a tiny local ``http.server`` handler for
 server behaviours the simulator does not offer (ignoring ``offset``, odd envelopes, HTTP-date
@@ -24,7 +25,15 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from campaign_pipeline import settings
-from campaign_pipeline.client import CinnoxClient, Page, RateLimiter, RequestStats, format_rfc3339
+from campaign_pipeline.client import (
+    UTF8_BOM,
+    CinnoxClient,
+    Page,
+    RateLimiter,
+    RequestStats,
+    decode_json_body,
+    format_rfc3339,
+)
 from campaign_pipeline.errors import (
     AuthError,
     BadRequestError,
@@ -153,9 +162,11 @@ def test_client_summary_week_returns_exactly_the_simulator_records(caplog):
 
     assert len(expected) > settings.PAGE_SIZE
     assert records_of(iter(pages)) == expected
-    assert [p.offset for p in pages] == [0, 500]
+    # a summary listing ends only at an empty page: 500 + the rest + 0
+    assert [p.offset for p in pages] == [0, 500, len(expected)]
+    assert [p.row_count for p in pages] == [500, len(expected) - 500, 0]
     assert {p.endpoint for p in pages} == {"summary"} and all(p.history_id is None for p in pages)
-    assert client.stats.requests == 2 and client.stats.retries == 0
+    assert client.stats.requests == 3 and client.stats.retries == 0
     assert client.stats.bytes == sum(p.nbytes for p in pages) > 0
     assert_no_token(TOKEN, None, caplog)
 
@@ -215,6 +226,229 @@ def test_client_naive_datetime_raises_value_error_before_any_request():
             with pytest.raises(ValueError, match="naive"):
                 client.iter_summary_pages(datetime(2024, 5, 1), datetime(2024, 5, 2, tzinfo=UTC))
     assert hits == []
+
+
+def test_client_summary_of_a_clean_day_ends_with_one_empty_page():
+    with SimulatorServer(sim_config()) as srv, make_client(srv) as client:
+        pages = list(client.iter_summary_pages(WEEK_START, WEEK_END))
+        expected = srv.simulator.summary_records(WEEK_START, WEEK_END)
+    assert 0 < len(expected) < settings.PAGE_SIZE
+    assert [p.row_count for p in pages] == [len(expected), 0]
+    assert [p.offset for p in pages] == [0, len(expected)]
+    assert client.stats.requests == 2
+
+
+@pytest.mark.parametrize("cap", [1, 7, 10])
+def test_client_summary_on_a_capped_server_lists_every_campaign(cap):
+    # the server serves at most `cap` rows whatever limit=500 asks: short pages are not the end
+    with SimulatorServer(sim_config(summary_page_cap=cap)) as srv, make_client(srv) as client:
+        pages = list(client.iter_summary_pages(WEEK_START, WEEK_END))
+        expected = srv.simulator.summary_records(WEEK_START, WEEK_END)
+        served = srv.stats()["requests_by_endpoint"]["sent-campaigns-summary"]
+    assert len(expected) >= 20 and records_of(iter(pages)) == expected
+    full_pages = -(-len(expected) // cap)
+    sizes = [min(cap, len(expected) - i * cap) for i in range(full_pages)]
+    assert [p.row_count for p in pages] == [*sizes, 0]
+    assert [p.offset for p in pages] == [min(i * cap, len(expected)) for i in range(full_pages + 1)]
+    assert client.stats.requests == served == full_pages + 1
+
+
+def test_client_summary_pages_past_short_pages_of_varying_size():
+    rows = [{"id": f"c{i}"} for i in range(10)]
+    sizes = iter([3, 1, 4, 2])  # a server whose page size wanders below the limit
+
+    def respond(path, query, headers):
+        offset = int(query["offset"][0])
+        return 200, {}, envelope(rows[offset : offset + next(sizes, 500)])
+
+    with local_server(respond) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            pages = list(client.iter_summary_pages(WEEK_START, WEEK_END))
+    assert records_of(iter(pages)) == rows
+    assert [q["offset"] for q in hits] == [["0"], ["3"], ["4"], ["8"], ["10"]]
+    assert all(q["limit"] == ["500"] for q in hits) and pages[-1].row_count == 0
+
+
+def _capped_detail(rows: list[dict], cap: int):
+    def respond(path, query, headers):
+        offset = int(query["offset"][0])
+        return 200, {}, envelope(rows[offset : offset + min(cap, int(query["limit"][0]))])
+
+    return respond
+
+
+def test_client_detail_on_a_capped_server_with_expected_rows_lists_every_recipient():
+    config = sim_config(campaigns_per_day=2, recipients_per_campaign=120, detail_page_cap=40)
+    with SimulatorServer(config) as srv, make_client(srv) as client:
+        for campaign in srv.simulator.summary_records(WEEK_START, WEEK_END):
+            before = client.stats.requests
+            pages = list(client.iter_detail_pages(campaign["id"], expected_rows=campaign["totalRecipients"]))
+            expected = srv.simulator.detail_records(campaign["id"])
+            total = campaign["totalRecipients"]
+            assert len(expected) == total and records_of(iter(pages)) == expected
+            # short pages of 40 until the summary's count is reached: no extra request
+            assert client.stats.requests - before == len(pages) == -(-total // 40)
+            assert [p.offset for p in pages] == list(range(0, total, 40))
+
+
+def test_client_detail_without_expected_rows_stops_at_the_first_short_page():
+    rows = [{"id": "c1", "recipient": f"+8529000{i:04d}"} for i in range(100)]
+    with local_server(_capped_detail(rows, 40)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            legacy = records_of(client.iter_detail_pages("h1"))
+            complete = records_of(client.iter_detail_pages("h1", expected_rows=100))
+    assert legacy == rows[:40]  # what today's rule loses on a capped server
+    assert complete == rows
+    assert [q["offset"] for q in hits] == [["0"], ["0"], ["40"], ["80"]]
+
+
+def test_client_detail_at_an_exact_multiple_of_the_cap_stops_without_an_empty_page():
+    rows = [{"id": "c1", "recipient": f"+8529000{i:04d}"} for i in range(80)]
+    with local_server(_capped_detail(rows, 40)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            pages = list(client.iter_detail_pages("h1", expected_rows=80))
+    assert [p.row_count for p in pages] == [40, 40] and len(hits) == 2
+
+
+@pytest.mark.parametrize(("size", "requests"), [(150, 1), (500, 2), (1000, 3)])
+def test_client_detail_with_expected_rows_costs_no_extra_request_on_a_clean_server(size, requests):
+    config = sim_config(campaigns_per_day=1, recipients_min=size, recipients_max=size)
+    with SimulatorServer(config) as srv, make_client(srv) as client:
+        campaign = srv.simulator.summary_records(WEEK_START, WEEK_START + timedelta(days=1))[0]
+        assert campaign["totalRecipients"] == size
+        with_count = list(client.iter_detail_pages(campaign["id"], expected_rows=size))
+        after_first = client.stats.requests
+        without = list(client.iter_detail_pages(campaign["id"]))
+    expected = srv.simulator.detail_records(campaign["id"])
+    assert records_of(iter(with_count)) == records_of(iter(without)) == expected
+    assert after_first == requests and client.stats.requests == 2 * requests
+
+
+def test_client_detail_listing_ending_below_expected_rows_stops_at_the_empty_page():
+    rows = [{"id": "c1", "recipient": f"+8529000{i:04d}"} for i in range(3)]
+
+    def truncated(path, query, headers):  # the first page, then empty pages
+        return 200, {}, envelope(rows if query["offset"] == ["0"] else [])
+
+    with local_server(truncated) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            pages = list(client.iter_detail_pages("h1", expected_rows=10))
+    assert [p.row_count for p in pages] == [3, 0] and records_of(iter(pages)) == rows
+    assert [q["offset"] for q in hits] == [["0"], ["3"]]
+
+
+@pytest.mark.parametrize("listing", ["summary", "detail"])
+def test_client_short_page_repeated_by_a_server_ignoring_offset_raises_payload_error(listing):
+    def ignore_offset(path, query, headers):
+        return 200, {}, envelope([{"id": "c1", "n": i} for i in range(3)])
+
+    with local_server(ignore_offset) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            pages = (client.iter_summary_pages(WEEK_START, WEEK_END) if listing == "summary"
+                     else client.iter_detail_pages("h1", expected_rows=10))
+            with pytest.raises(PayloadError, match="repeats the previous page"):
+                list(pages)
+    assert [q["offset"] for q in hits] == [["0"], ["3"]]
+
+
+@pytest.mark.parametrize("expected_rows", [-1, True, "5", 2.0])
+def test_client_detail_expected_rows_must_be_a_non_negative_int(expected_rows):
+    client = CinnoxClient("https://api.example.com", "app", TOKEN)
+    with pytest.raises(ValueError, match="expected_rows"):
+        client.iter_detail_pages("h1", expected_rows=expected_rows)
+    client.close()
+
+
+# --- body decoding ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b'{"a": 1}', {"a": 1}),
+        (UTF8_BOM + b'{"a": [1, "x"]}', {"a": [1, "x"]}),
+        (b'{"a": "smile \\ud83d"}', {"a": "smile \ud83d"}),
+        (UTF8_BOM + b'{"a": "\\ud83d"}', {"a": "\ud83d"}),
+        (b'{"n": 100000000000000000000}', {"n": 10**20}),
+        (b'{"a": "\\ud83d\\ude00"}', {"a": "\U0001f600"}),  # a complete pair is fine for orjson too
+    ],
+)
+def test_decode_json_body_decodes_what_the_body_is(content, expected):
+    assert decode_json_body(content) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", UTF8_BOM, b'{"code": 0, "result": [{"id": ', UTF8_BOM + b'{"code": 0, "res', b'{"a": NaN}',
+     b'{"a": Infinity}', b'{"a": "\xff"}', b"<html>502</html>", UTF8_BOM + UTF8_BOM + b"{}"],
+)
+def test_decode_json_body_refuses_what_is_not_json(content):
+    with pytest.raises(ValueError, match="not valid JSON"):
+        decode_json_body(content)
+
+
+def test_client_bom_body_decodes_and_the_page_keeps_the_body_as_received():
+    rows = [{"id": "c1", "recipient": "+85290000000"}]
+    raw = UTF8_BOM + envelope(rows)
+    with local_server(lambda p, q, h: (200, {}, raw)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            (page,) = client.iter_detail_pages("h1")
+    assert page.records == rows and len(hits) == 1 and client.stats.retries == 0
+    assert page.body == raw and page.nbytes == len(raw)
+    assert page.normalized_body == raw[len(UTF8_BOM):] and not page.normalized_body.startswith(UTF8_BOM)
+
+
+def test_client_page_without_bom_has_the_body_as_its_normalized_body():
+    raw = envelope([{"id": "c1"}])
+    page = Page(endpoint="detail", offset=0, nbytes=len(raw), history_id="h1", body=raw,
+                records=[{"id": "c1"}])
+    assert page.normalized_body == raw
+
+
+@pytest.mark.parametrize(
+    ("status", "payload", "error"),
+    [(400, {"code": 6451000, "message": "negative offset"}, BadRequestError),
+     (200, {"code": 6450001, "message": "method not found"}, FatalError)],
+)
+def test_client_bom_error_envelope_keeps_its_code(status, payload, error):
+    raw = UTF8_BOM + json.dumps(payload).encode()
+    with local_server(lambda p, q, h: (status, {}, raw)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            with pytest.raises(error) as info:
+                client.get_json("/v1/x", {})
+    assert info.value.code == payload["code"] and payload["message"] in str(info.value) and len(hits) == 1
+
+
+def test_client_bom_throttle_envelope_under_http_200_is_retried_as_a_throttle():
+    answers = iter([(200, {}, UTF8_BOM + b'{"code": 6451010, "message": "Too many requests"}'),
+                    (200, {}, UTF8_BOM + envelope([]))])
+    with local_server(lambda p, q, h: next(answers)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, backoff_max_s=0.01, rate_limit_per_min=None) as client:
+            body, _ = client.get_json("/v1/x", {})
+    assert body["result"] == [] and client.stats.throttles == 1 and len(hits) == 2
+
+
+def test_client_lone_surrogate_escape_decodes_without_a_retry():
+    raw = b'{"code": 0, "result": [{"id": "c1", "content": "Sale \\ud83d"}, {"id": "c2", "content": "ok"}]}'
+    with local_server(lambda p, q, h: (200, {}, raw)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, rate_limit_per_min=None) as client:
+            (page,) = client.iter_detail_pages("h1")
+    assert [r["content"] for r in page.records] == ["Sale \ud83d", "ok"]
+    assert page.body == raw and len(hits) == 1
+    assert client.stats.retries == 0 and client.stats.as_dict()["errors"] == 0
+
+
+@pytest.mark.parametrize(
+    "bad", [b'{"code": 0, "result": [{"id": "c1", "content": "Sale \\ud83d', UTF8_BOM + b'{"code": 0, "res',
+            b'{"code": 0, "result": [{"content": "\xed\xa0\xbd"}]}'],
+)
+def test_client_body_that_is_really_not_json_is_still_retried(bad):
+    answers = iter([(200, {}, bad), (200, {}, envelope([{"id": "c1"}]))])
+    with local_server(lambda p, q, h: next(answers)) as (base_url, hits):
+        with CinnoxClient(base_url, "app", TOKEN, backoff_max_s=0.01, rate_limit_per_min=None) as client:
+            (page,) = client.iter_detail_pages("h1")
+    assert page.records == [{"id": "c1"}] and len(hits) == 2
+    assert client.stats.retries == 1 and client.stats.as_dict()["errors_invalid_json"] == 1
 
 
 # --- retries per fault kind -------------------------------------------------------------------

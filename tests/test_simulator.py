@@ -1,11 +1,13 @@
 """Tests of the CINNOX simulator: determinism, windows, paging, validation, auth, data rules, ground truth,
-odd records, fault injection, rate limiting, the down switch and the standalone command."""
+odd records, fault injection, rate limiting, the down switch, the misbehaving-server modes and the
+standalone command."""
 
 from __future__ import annotations
 
 import ast
 import http.client
 import itertools
+import json
 import math
 import re
 import signal
@@ -29,6 +31,7 @@ from campaign_pipeline.simulator import (
     count_sms_segments,
     day_bounds_utc,
 )
+from campaign_pipeline.simulator.__main__ import build_parser, config_from_args
 
 NOW = datetime(2024, 5, 20, tzinfo=UTC)
 DAY = date(2024, 5, 1)
@@ -669,6 +672,266 @@ def test_prerender_serves_identical_bytes():
         assert warmed.render_detail_page(history_id, offset, 500) == fresh.render_detail_page(
             history_id, offset, 500
         )
+
+
+# ------------------------------------------------------------------------------------- misbehaving modes
+
+BOM = b"\xef\xbb\xbf"
+MODE_FLAGS = {
+    "--empty-summary": "empty_summary",
+    "--truncate-details": "truncate_details",
+    "--bom-bodies": "bom_bodies",
+    "--poison-values": "poison_values",
+    "--duplicate-summary": "duplicate_summary",
+    "--naive-dates": "naive_dates",
+    "--odd-channel": "odd_channel",
+}
+
+
+def _clean(**overrides: Any) -> CinnoxSimulator:
+    return CinnoxSimulator(SimulatorConfig(now=NOW, **overrides))
+
+
+def _in_day(rows: list[dict[str, Any]], day: date = DAY) -> list[dict[str, Any]]:
+    return [r for r in rows if _ts(r["date"]) < _day_window(day)[1]]
+
+
+def test_misbehaving_modes_are_off_by_default_and_each_has_a_flag_with_help():
+    defaults = SimulatorConfig()
+    assert defaults.data_modes == ()
+    assert (defaults.summary_page_cap, defaults.detail_page_cap) == (None, None)
+    assert not any(getattr(defaults, name) for name in MODE_FLAGS.values())
+    assert config_from_args(build_parser().parse_args([])) == defaults
+    parser = build_parser()
+    help_lines = parser.format_help()
+    for flag in [*MODE_FLAGS, "--summary-page-cap", "--detail-page-cap"]:
+        action = next(a for a in parser._actions if flag in a.option_strings)
+        assert action.help and flag in help_lines
+    config = config_from_args(
+        parser.parse_args(["--summary-page-cap", "3", "--detail-page-cap", "4", *MODE_FLAGS])
+    )
+    assert (config.summary_page_cap, config.detail_page_cap) == (3, 4)
+    assert all(getattr(config, name) for name in MODE_FLAGS.values())
+    assert set(config.data_modes) == set(MODE_FLAGS.values()) - {"bom_bodies"}
+
+
+@pytest.mark.parametrize("cap", [0, -1, True, 2.5, "3"])
+@pytest.mark.parametrize("name", ["summary_page_cap", "detail_page_cap"])
+def test_page_cap_must_be_a_positive_int(name, cap):
+    with pytest.raises(ValueError, match=name):
+        SimulatorConfig(**{name: cap})
+
+
+def test_page_caps_serve_at_most_n_rows_whatever_limit_asks():
+    config = SimulatorConfig(now=NOW, campaigns_per_day=12, summary_page_cap=5, detail_page_cap=7)
+    start, end = _day_window(DAY)
+    clean = _clean(campaigns_per_day=12)
+    with SimulatorServer(config) as srv:
+        rows, sizes, offset = [], [], 0
+        while True:
+            page = _get(srv, SUMMARY, startAt=_iso(start), endAt=_iso(end), offset=offset, limit=500)
+            result = page.json()["result"]
+            sizes.append(len(result))
+            if not result:
+                break
+            rows += result
+            offset += len(result)
+        history_id = rows[0]["id"]
+        detail = _get(srv, DETAIL, historyID=history_id, limit=500).json()["result"]
+        below_cap = _get(srv, DETAIL, historyID=history_id, limit=3).json()["result"]
+        everything = _all_details(srv, history_id, limit=7)
+        too_big = _get(srv, DETAIL, historyID=history_id, limit=501)
+    assert rows == clean.summary_records(start, end) and len(rows) >= 12
+    assert max(sizes) == 5 and sizes[-1] == 0
+    assert len(detail) == 7 and detail == clean.detail_records(history_id)[:7]
+    assert below_cap == clean.detail_records(history_id)[:3]
+    assert everything == clean.detail_records(history_id) and len(everything) > 7
+    assert too_big.status_code == 400  # validation of limit is unchanged
+
+
+def test_empty_summary_lists_nothing_while_details_and_truth_remain():
+    start, end = _day_window(DAY)
+    clean = _clean()
+    with SimulatorServer(SimulatorConfig(now=NOW, empty_summary=True)) as srv:
+        listed = _summary(srv, start, end)
+        truth = srv.simulator.ground_truth(start, end)
+        history_id = truth.campaigns[0]["campaign_id"]
+        details = _all_details(srv, history_id)
+        assert srv.simulator.summary_records(start, end) == []
+    assert listed == []
+    clean_truth = clean.ground_truth(start, end)
+    assert truth.campaigns == clean_truth.campaigns and truth.messages == clean_truth.messages
+    assert truth.anomalies == [{"mode": "empty_summary", "endpoint": "summary", "campaigns_hidden": 8}]
+    assert details == clean.detail_records(history_id) and details
+
+
+def test_truncate_details_cuts_one_campaign_a_day_below_its_total_recipients():
+    start, end = _day_window(DAY)
+    clean = _clean()
+    with SimulatorServer(SimulatorConfig(now=NOW, truncate_details=True)) as srv:
+        truth = srv.simulator.ground_truth(start, end)
+        summary = _in_day(_summary(srv, start, end))
+        served = {r["id"]: _all_details(srv, r["id"]) for r in summary}
+        (anomaly,) = truth.anomalies
+        beyond = _get(srv, DETAIL, historyID=anomaly["campaign_id"], offset=anomaly["rows_served"], limit=500)
+        api_shape = srv.simulator.detail_records(anomaly["campaign_id"])
+    assert summary == _in_day(clean.summary_records(start, end))
+    cut = anomaly["campaign_id"]
+    total = next(r["totalRecipients"] for r in summary if r["id"] == cut)
+    assert anomaly == {"mode": "truncate_details", "endpoint": "detail", "campaign_id": cut,
+                       "total_recipients": total, "rows_listed": total, "rows_served": total // 2}
+    assert served[cut] == clean.detail_records(cut)[: total // 2] == api_shape
+    assert 0 < len(served[cut]) < total and beyond.json()["result"] == []
+    assert all(rows == clean.detail_records(cid) for cid, rows in served.items() if cid != cut)
+    clean_truth = clean.ground_truth(start, end)
+    assert truth.messages == clean_truth.messages and truth.campaigns == clean_truth.campaigns
+    assert truth.rejected == []
+
+
+def test_bom_bodies_prefix_every_response_but_the_stats_answer():
+    start, end = _day_window(DAY)
+    summary_params = {"startAt": _iso(start), "endAt": _iso(end), "limit": 500}
+    with (
+        SimulatorServer(SimulatorConfig(now=NOW, bom_bodies=True, stats_path="/_stats")) as srv,
+        SimulatorServer(SimulatorConfig(now=NOW)) as clean,
+    ):
+        summary = _get(srv, SUMMARY, **summary_params)
+        history_id = orjson.loads(summary.content[len(BOM):])["result"][0]["id"]
+        detail = _get(srv, DETAIL, historyID=history_id, limit=500)
+        expected = [_get(clean, SUMMARY, **summary_params),
+                    _get(clean, DETAIL, historyID=history_id, limit=500)]
+        errors = [_get(srv, DETAIL), _get(srv, DETAIL, token="wrong-token", historyID="x"),
+                  requests.get(_url(srv, DETAIL, app_id="other"),
+                               headers={"Authorization": f"Bearer {srv.token}"}, timeout=10)]
+        stats = requests.get(f"{srv.base_url}/_stats", timeout=10)
+    for got, want in zip([summary, detail], expected, strict=True):
+        assert got.status_code == 200 and got.content == BOM + want.content
+        assert got.headers["Content-Length"] == str(len(BOM + want.content))
+    assert [e.status_code for e in errors] == [400, 401, 404]
+    assert all(e.content.startswith(BOM) and orjson.loads(e.content[len(BOM):])["code"] for e in errors)
+    assert not stats.content.startswith(BOM) and orjson.loads(stats.content)["requests_total"] >= 5
+
+
+def test_poison_values_serve_out_of_range_numbers_and_a_lone_surrogate_escape():
+    start, end = _day_window(DAY)
+    clean = _clean()
+    with SimulatorServer(SimulatorConfig(now=NOW, poison_values=True)) as srv:
+        truth = srv.simulator.ground_truth(start, end)
+        by_field = {a["field"]: a for a in truth.anomalies}
+        summary = _get(srv, SUMMARY, startAt=_iso(start), endAt=_iso(end), limit=500).content
+        sms_id = by_field["numSMS"]["campaign_id"]
+        detail = _get(srv, DETAIL, historyID=sms_id, limit=500).content
+        api_summary = srv.simulator.summary_records(start, end)
+        api_detail = srv.simulator.detail_records(sms_id)
+    assert set(by_field) == {"numSMS", "content", "replied"} and len(truth.anomalies) == 3
+    assert by_field["content"]["campaign_id"] == sms_id != by_field["replied"]["campaign_id"]
+    assert b'"replied":100000000000000000000' in summary
+    assert b'"numSMS":3000000000' in detail and b' \\ud83d"' in detail
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(detail)  # the lone surrogate: orjson refuses the whole page
+    summary_rows, detail_rows = json.loads(summary)["result"], json.loads(detail)["result"]
+    assert summary_rows == api_summary and detail_rows == api_detail
+    by_recipient = {r["recipient"]: r for r in detail_rows}
+    assert by_recipient[by_field["numSMS"]["recipient"]]["numSMS"] == 3_000_000_000
+    assert by_recipient[by_field["content"]["recipient"]]["content"] == by_field["content"]["value"]
+    assert by_field["content"]["value"].endswith(" \ud83d")
+    replied = next(r for r in summary_rows if r["id"] == by_field["replied"]["campaign_id"])
+    assert replied["replied"] == 10**20 and replied["channel"] == "WhatsApp"
+    # every other record is exactly the clean one
+    poisoned = {by_field["numSMS"]["recipient"], by_field["content"]["recipient"]}
+    clean_detail = clean.detail_records(sms_id)
+    assert [r for r in detail_rows if r["recipient"] not in poisoned] == [
+        r for r in clean_detail if r["recipient"] not in poisoned]
+    assert len(detail_rows) == len(clean_detail)
+    assert [r for r in summary_rows if r is not replied] == [
+        r for r in clean.summary_records(start, end) if r["id"] != replied["id"]]
+    # ground truth: the poisoned records are rejected, the rest of the day is the clean truth
+    got = [(r["endpoint"], r["reason_kind"], r["campaign_id"], r.get("recipient")) for r in truth.rejected]
+    assert sorted(got) == sorted([
+        ("detail", "num_sms_out_of_range", sms_id, by_field["numSMS"]["recipient"]),
+        ("detail", "invalid_unicode", sms_id, by_field["content"]["recipient"]),
+        ("summary", "count_out_of_range", replied["id"], None)])
+    clean_truth = clean.ground_truth(start, end)
+    assert truth.messages == [m for m in clean_truth.messages
+                              if (m["campaign_id"], m["recipient"]) not in {(sms_id, r) for r in poisoned}]
+    assert len(truth.messages) == len(clean_truth.messages) - 2
+    assert truth.campaigns == [c for c in clean_truth.campaigns if c["campaign_id"] != replied["id"]]
+
+
+def test_duplicate_summary_lists_a_stale_copy_before_the_real_campaign():
+    start, end = _day_window(DAY)
+    clean = _clean()
+    with SimulatorServer(SimulatorConfig(now=NOW, duplicate_summary=True)) as srv:
+        rows = _summary(srv, start, end)
+        paged = [row for offset in range(0, len(rows) + 2, 2) for row in _get(
+            srv, SUMMARY, startAt=_iso(start), endAt=_iso(end), offset=offset, limit=2).json()["result"]]
+        truth = srv.simulator.ground_truth(start, end)
+    ids = [r["id"] for r in rows]
+    (dup,) = {i for i in ids if ids.count(i) == 2}
+    first = ids.index(dup)
+    stale, real = rows[first], rows[first + 1]
+    assert stale["campaignName"] == "STALE" and stale["totalRecipients"] == 1 and stale["delivered"] == 0
+    assert real["totalRecipients"] > 1 and real["campaignName"] != "STALE"
+    assert rows[:first] + rows[first + 1:] == clean.summary_records(start, end)
+    assert paged == rows
+    assert truth.campaigns == clean.ground_truth(start, end).campaigns
+    assert truth.anomalies == [{"mode": "duplicate_summary", "endpoint": "summary", "campaign_id": dup,
+                                "stale_copy": stale}]
+
+
+def test_naive_dates_and_odd_channel_hit_one_summary_record_each():
+    start, end = _day_window(DAY)
+    clean = _clean()
+    with SimulatorServer(SimulatorConfig(now=NOW, naive_dates=True, odd_channel=True)) as srv:
+        rows = _summary(srv, start, end)
+        truth = srv.simulator.ground_truth(start, end)
+    clean_rows = clean.summary_records(start, end)
+    changed = [(r, c) for r, c in zip(rows, clean_rows, strict=True) if r != c]
+    assert len(changed) == 2
+    (naive,) = [(r, c) for r, c in changed if r["date"] != c["date"]]
+    (odd,) = [(r, c) for r, c in changed if r["channel"] != c["channel"]]
+    assert naive[0]["date"] == naive[1]["date"].removesuffix("Z") and "T" in naive[0]["date"]
+    assert datetime.fromisoformat(naive[0]["date"]).tzinfo is None
+    assert {**naive[0], "date": None} == {**naive[1], "date": None}
+    assert odd[0]["channel"] == "WhatsApp Business" and odd[1]["channel"] == "WhatsApp"
+    assert naive[0]["id"] != odd[0]["id"]
+    assert sorted((r["campaign_id"], r["reason_kind"], r["endpoint"]) for r in truth.rejected) == sorted(
+        [(naive[0]["id"], "naive_date", "summary"), (odd[0]["id"], "unknown_channel", "summary")])
+    clean_truth = clean.ground_truth(start, end)
+    hit = (naive[0]["id"], odd[0]["id"])
+    assert truth.campaigns == [c for c in clean_truth.campaigns if c["campaign_id"] not in hit]
+    assert truth.messages == clean_truth.messages  # their detail rows are untouched
+    assert {(a["mode"], a["campaign_id"], a["value"]) for a in truth.anomalies} == {
+        ("naive_dates", naive[0]["id"], naive[0]["date"]), ("odd_channel", odd[0]["id"], "WhatsApp Business")}
+
+
+ALL_DATA_MODES = {"poison_values": True, "truncate_details": True, "duplicate_summary": True,
+                  "naive_dates": True, "odd_channel": True}
+
+
+def test_data_modes_hit_distinct_campaigns_away_from_midnight_when_the_day_has_enough():
+    config = SimulatorConfig(now=NOW, campaigns_per_day=12, **ALL_DATA_MODES)
+    for day in (DAY, DAY + timedelta(days=1), DAY + timedelta(days=2)):
+        truth = CinnoxSimulator(config).ground_truth(*_day_window(day))
+        hit = {(a["mode"], a["endpoint"]): a["campaign_id"] for a in truth.anomalies}
+        assert set(hit) == {("poison_values", "detail"), ("poison_values", "summary"),
+                            ("truncate_details", "detail"), ("duplicate_summary", "summary"),
+                            ("naive_dates", "summary"), ("odd_channel", "summary")}
+        assert len(set(hit.values())) == 6
+        sent = {c["campaign_id"]: c["sent_at"] for c in _clean(campaigns_per_day=12).ground_truth(
+            *_day_window(day)).campaigns}
+        assert all(sent[cid].time() != datetime.min.time() for cid in hit.values())
+        assert truth == CinnoxSimulator(config).ground_truth(*_day_window(day))  # deterministic
+
+
+def test_prerender_serves_identical_bytes_in_misbehaving_modes():
+    config = SimulatorConfig(now=NOW, recipients_per_campaign=700, campaigns_per_day=3, **ALL_DATA_MODES)
+    fresh, warmed = CinnoxSimulator(config), CinnoxSimulator(config)
+    assert warmed.prerender(DAY, DAY) >= 3
+    for record in fresh.summary_records(*_day_window(DAY)):
+        for offset in (0, 500, 1000):
+            assert warmed.render_detail_page(record["id"], offset, 500) == fresh.render_detail_page(
+                record["id"], offset, 500)
 
 
 # ------------------------------------------------------------------------------------- packaging

@@ -110,3 +110,42 @@ def test_writers_may_not_autoload_extensions_and_foreign_files_are_refused(tmp_p
     for open_it in (foreign.reader, foreign.writer):
         with pytest.raises(WarehouseError, match="not a DuckDB database"), open_it():
             pass
+
+
+def test_a_million_row_day_loads_and_checks_under_the_writers_memory_cap(tmp_path):
+    """The writer's 64 MB DuckDB cap spills instead of failing: a large day loaded from its Parquet
+    file passes every check inside the transaction."""
+    import pyarrow.parquet as pq
+
+    from campaign_pipeline import quality
+    from campaign_pipeline.transform import SplitStats
+    from campaign_pipeline.windows import PartitionWindow
+
+    rows, campaigns = 1_000_000, 300
+    day = DAYS[0]
+    tables = day_tables(day, rows)
+    sms = tables[schemas.SMS_MESSAGES.name]
+    sms = sms.set_column(sms.schema.get_field_index("campaign_id"), "campaign_id",
+                         pa.array([f"c{i % campaigns}" for i in range(rows)]))
+    camp = schemas.CAMPAIGNS.schema
+    columns = {f.name: pa.nulls(campaigns, f.type) for f in camp}
+    columns.update(app_id=pa.array([APP] * campaigns), campaign_id=pa.array([f"c{i}" for i in range(campaigns)]),
+                   partition_date=pa.array([day] * campaigns, pa.date32()), channel=pa.array(["SMS"] * campaigns),
+                   sent_at=pa.array([datetime(2024, 5, 1, 1, tzinfo=UTC)] * campaigns, camp.field("sent_at").type),
+                   total_recipients=pa.array([rows // campaigns + (i < rows % campaigns) for i in range(campaigns)],
+                                             pa.int64()))
+    tables.update({schemas.SMS_MESSAGES.name: sms, schemas.CAMPAIGNS.name: pa.table(columns, schema=camp)})
+    files = {}
+    for name, table in tables.items():
+        files[name] = tmp_path / f"{name}.parquet"
+        pq.write_table(table, files[name])
+    outcomes = []
+
+    def audit(con) -> bool:
+        assert con.execute("SELECT current_setting('memory_limit')").fetchone()[0] in ("64.0 MiB", "61.0 MiB")
+        outcomes.extend(quality.evaluate_day(con, PartitionWindow.for_day(day, "UTC"), APP, SplitStats()))
+        return True
+
+    inserted, committed = Warehouse(tmp_path / "w.duckdb").replace_partition(day, files, APP, audit=audit)
+    assert committed and inserted[schemas.SMS_MESSAGES.name] == rows
+    assert [(o.spec.name, o.description) for o in outcomes if not o.passed] == []

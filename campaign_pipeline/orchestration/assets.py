@@ -19,7 +19,7 @@ from datetime import date
 import dagster as dg
 
 from campaign_pipeline import engine, quality, schemas
-from campaign_pipeline.config import DEFAULT_APP_KEY, PipelineConfig, prepare_data_dir
+from campaign_pipeline.config import DEFAULT_APP_KEY, PipelineConfig
 from campaign_pipeline.windows import PartitionWindow
 
 RAW_RESPONSES_NAME = "raw_campaign_responses"
@@ -33,9 +33,11 @@ RAW_DESCRIPTION = (
 
 
 class CampaignRunConfig(dg.Config):
-    """Run options: ``resplit`` rebuilds the tables from the landed files, with no API call."""
+    """Run options: ``resplit`` rebuilds the tables from the landed files, with no API call;
+    ``allow_shrink`` lets a re-load publish fewer campaigns or messages than a published day."""
 
     resplit: bool = False
+    allow_shrink: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,9 +122,9 @@ def build_app_assets(cfg: PipelineConfig, partitions: dg.DailyPartitionsDefiniti
     )
     def campaign_partition(context: dg.AssetExecutionContext, config: CampaignRunConfig):
         """Fetch (or re-split), write, audit and publish each day of the run's partition range."""
-        prepare_data_dir(cfg)
         windows = [PartitionWindow.for_day(date.fromisoformat(key), cfg.partition_tz) for key in context.partition_keys]
-        for day in engine.run_days(cfg, app, windows, resplit=config.resplit, log=context.log):
+        options = engine.RunOptions(resplit=config.resplit, allow_shrink=config.allow_shrink, run_id=context.run.run_id)
+        for day in engine.run_days(cfg, app, windows, options, log=context.log):
             yield from day_events(keys, day)
             if not day.published:
                 raise dg.Failure(description=f"{day.window.key}: {day.failure}")

@@ -32,19 +32,21 @@ def run_backfill(
     start: date,
     end: date,
     resplit_only: bool = False,
+    allow_shrink: bool = False,
     instance: dg.DagsterInstance | None = None,
     dagster_log_level: str = "CRITICAL",
 ) -> BackfillOutcome:
     """Materialize every partitioned asset (and its checks) for ``start..end`` inclusive, as one run.
 
     Configuration comes from the process environment (resources resolve ``dg.EnvVar`` from it).
-    With ``resplit_only`` the tables are rebuilt from the landed files without any API call.
+    With ``resplit_only`` the tables are rebuilt from the landed files without any API call;
+    ``allow_shrink`` lets a re-load publish fewer campaigns or messages than a published day.
     """
     defs = build_definitions(os.environ)
     job = defs.resolve_job_def(JOB_NAME)
     run_config: dict = {"loggers": {"console": {"config": {"log_level": dagster_log_level}}}}
-    if resplit_only:
-        run_config["ops"] = {node.name: {"config": {"resplit": True}} for node in job.graph.node_defs}
+    options = {"resplit": resplit_only, "allow_shrink": allow_shrink}
+    run_config["ops"] = {node.name: {"config": options} for node in job.graph.node_defs}
     own_instance = instance is None
     if own_instance:
         instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()

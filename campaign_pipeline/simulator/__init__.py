@@ -4,7 +4,9 @@ An independent implementation of ``shared/reference/cinnox-api.md`` (it imports 
 rest of ``campaign_pipeline``), so that it can catch client bugs. It is the default data source for
 the demo, the Dagster UI, the tests and the benchmarks.
 
-* :class:`SimulatorConfig` - seed, volumes, the simulated clock, odd records, faults, rate limit.
+* :class:`SimulatorConfig` - seed, volumes, the simulated clock, odd records, faults, rate limit,
+  and the misbehaving-server modes (page caps, an empty summary, truncated details, BOM bodies,
+  poisoned values, a duplicated summary row, naive dates, an odd channel; see ``data.py``).
 * :class:`CinnoxSimulator` - the data model: API-shaped records, response bytes, pre-rendering and
   :meth:`CinnoxSimulator.ground_truth` (canonical values a correct pipeline must end up with).
 * :class:`SimulatorServer` - a real HTTP/1.1 server on 127.0.0.1 serving both endpoints.
@@ -19,6 +21,7 @@ Example::
 
 from .data import (
     ALL_FAULT_KINDS,
+    HOSTILE_REASON_KINDS,
     ODD_RECORD_VARIANTS,
     PAGE_LIMIT_MAX,
     REJECT_REASON_KINDS,
@@ -57,6 +60,7 @@ __all__ = [
     "CODE_METHOD_NOT_FOUND",
     "CODE_TOO_MANY_REQUESTS",
     "CODE_UNAUTHORIZED",
+    "HOSTILE_REASON_KINDS",
     "ODD_RECORD_VARIANTS",
     "PAGE_LIMIT_MAX",
     "REJECT_REASON_KINDS",

@@ -1,7 +1,8 @@
 """Command line: ``python -m campaign_pipeline.simulator --port N [...]`` serves the simulated API.
 
 Prints one line ``CINNOX simulator listening on http://127.0.0.1:PORT app_id=... token=...`` and serves
-until SIGINT/SIGTERM. :func:`main` is also what ``campaign-pipeline simulator`` calls.
+until SIGINT/SIGTERM. :func:`main` is also what ``campaign-pipeline simulator`` calls. The
+"misbehaving server" options (``--summary-page-cap`` ... ``--odd-channel``) are all off by default.
 """
 
 from __future__ import annotations
@@ -80,6 +81,43 @@ def build_parser(prog: str = "python -m campaign_pipeline.simulator") -> argpars
         metavar="PATH",
         help="serve the request counters as JSON at this path, e.g. /_stats (uncounted, no auth)",
     )
+    hostile = parser.add_argument_group("misbehaving server (all off by default)")
+    hostile.add_argument(
+        "--summary-page-cap", type=int, default=None, metavar="N",
+        help="serve at most N summary rows per page, whatever 'limit' asks",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--detail-page-cap", type=int, default=None, metavar="N",
+        help="serve at most N detail rows per page, whatever 'limit' asks",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--empty-summary", action="store_true",
+        help="the summary endpoint lists no campaign at all (a bad night)",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--truncate-details", action="store_true",
+        help="one campaign a day lists only the first half of its detail rows (fewer than totalRecipients)",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--bom-bodies", action="store_true", help="every response body starts with a UTF-8 byte order mark"
+    )
+    hostile.add_argument(
+        "--poison-values", action="store_true",
+        help="per day: a detail row with numSMS 3000000000, one with a lone surrogate escape \\ud83d in its "
+        "content, a summary count of 10**20",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--duplicate-summary", action="store_true",
+        help="one campaign a day is listed twice: a stale copy (campaignName STALE, totalRecipients 1) first",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--naive-dates", action="store_true",
+        help="one campaign a day has a summary date without a UTC offset",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--odd-channel", action="store_true",
+        help="one campaign a day has the summary channel 'WhatsApp Business'",
+    )  # fmt: skip
     parser.add_argument("--prerender-start", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD")
     parser.add_argument("--prerender-end", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD")
     return parser
@@ -106,6 +144,15 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         down=args.down,
         rate_limit_per_min=args.rate_limit_per_min,
         stats_path=args.stats_path,
+        summary_page_cap=args.summary_page_cap,
+        detail_page_cap=args.detail_page_cap,
+        empty_summary=args.empty_summary,
+        truncate_details=args.truncate_details,
+        bom_bodies=args.bom_bodies,
+        poison_values=args.poison_values,
+        duplicate_summary=args.duplicate_summary,
+        naive_dates=args.naive_dates,
+        odd_channel=args.odd_channel,
     )
 
 

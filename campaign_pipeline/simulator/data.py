@@ -13,6 +13,36 @@ Everything here is a pure function of :class:`SimulatorConfig` and the instant `
   normalized Python values, computed from the internal model (not by parsing the JSON), so a
   pipeline's output can be compared with it.
 
+Misbehaving-server modes (all off by default; the data modes are applied here, the transport
+modes ``summary_page_cap``, ``detail_page_cap`` and ``bom_bodies`` by ``server.py``). Each data
+mode picks its campaign(s) per UTC day deterministically, preferring campaigns not sent exactly
+at midnight and a different campaign per mode while the day has enough of them:
+
+* ``empty_summary``: the summary listing is empty for every window (a bad night). The ground
+  truth keeps what really exists and adds one ``empty_summary`` anomaly.
+* ``truncate_details``: one campaign a day serves only the first half of its detail rows (then
+  empty pages), fewer than its summary's ``totalRecipients``. Truth: messages unchanged (the
+  real data), one ``truncate_details`` anomaly with ``total_recipients`` and ``rows_served``.
+* ``poison_values``: one SMS campaign a day has a detail row with ``numSMS`` 3000000000 and
+  another whose ``content`` ends in a lone surrogate escape ``\\ud83d`` (escape text in the
+  body, which orjson refuses); one WhatsApp campaign a day (SMS if there is none) has a summary
+  ``replied`` (``delivered`` for SMS) of 10**20, beyond 64 bits. Truth: the poisoned rows are
+  out of ``messages``, the poisoned summary's campaign is out of ``campaigns``; each is in
+  ``rejected`` (``endpoint``, ``reason_kind`` from :data:`HOSTILE_REASON_KINDS`) and in
+  ``anomalies``.
+* ``duplicate_summary``: one campaign a day is listed twice in the summary, first a stale copy
+  (``campaignName`` "STALE", ``totalRecipients`` 1, other counts 0 but ``pending`` 1), then the
+  real one. Truth: campaigns unchanged (the real, later copy wins), one anomaly.
+* ``naive_dates``: one campaign a day has a summary ``date`` without a UTC offset
+  (``2024-05-01T20:00:00.000``). ``odd_channel``: one campaign a day (WhatsApp if any) has the
+  summary ``channel`` "WhatsApp Business". Truth: the campaign is out of ``campaigns`` and in
+  ``rejected`` (``naive_date`` / ``unknown_channel``); its detail rows (unchanged) stay in
+  ``messages``; one anomaly each.
+
+:meth:`CinnoxSimulator.summary_records` and :meth:`CinnoxSimulator.detail_records` return what the
+API serves in every mode (stale copies, truncation and poison included; ``10**20`` as an int, the
+lone surrogate as a ``str`` holding ``"\\ud83d"``).
+
 This module imports nothing from the rest of ``campaign_pipeline``: it is an independent reading of
 ``shared/reference/cinnox-api.md`` so that it can catch client bugs.
 """
@@ -35,6 +65,7 @@ import orjson
 
 __all__ = [
     "ALL_FAULT_KINDS",
+    "HOSTILE_REASON_KINDS",
     "ODD_RECORD_VARIANTS",
     "PAGE_LIMIT_MAX",
     "REJECT_REASON_KINDS",
@@ -105,6 +136,33 @@ WHATSAPP_FAILED_REASONS: tuple[str, ...] = (
 
 REJECT_REASON_KINDS: tuple[str, ...] = ("missing_recipient", "missing_id", "bad_date")
 """Kinds of untypeable detail records served with ``odd_records=True``."""
+
+HOSTILE_REASON_KINDS: tuple[str, ...] = (
+    "num_sms_out_of_range",
+    "invalid_unicode",
+    "count_out_of_range",
+    "naive_date",
+    "unknown_channel",
+)
+"""``reason_kind`` of the ground truth's rejected records served by ``poison_values``,
+``naive_dates`` and ``odd_channel``."""
+
+POISON_NUM_SMS = 3_000_000_000
+"""``numSMS`` of the ``poison_values`` detail row (beyond a 32-bit integer)."""
+POISON_COUNT = 10**20
+"""Summary count served by ``poison_values`` (beyond 64 bits)."""
+LONE_SURROGATE = "\ud83d"
+"""A high surrogate without its low half: served as the JSON escape text ``\\ud83d``."""
+ODD_CHANNEL = "WhatsApp Business"
+"""The summary ``channel`` served by ``odd_channel``."""
+STALE_CAMPAIGN_NAME = "STALE"
+"""``campaignName`` of the stale copy served by ``duplicate_summary``."""
+
+# Placeholders rendered by orjson and replaced in the response bytes: orjson can write neither a
+# lone surrogate nor an integer beyond 64 bits.
+_MARK_COUNT = "@@sim-poison-count@@"
+_MARK_SURROGATE = "@@sim-lone-surrogate@@"
+_MARK_COUNT_JSON = b'"' + _MARK_COUNT.encode() + b'"'
 
 ODD_RECORD_VARIANTS: tuple[str, ...] = (
     "recipient_json_number",
@@ -431,6 +489,11 @@ class SimulatorConfig:
     (random fault injection), ``down`` (every request answers 503), ``rate_limit_per_min`` and
     ``stats_path`` (e.g. ``/_stats``: ``GET`` there answers the server's request counters as JSON,
     without auth and without being counted; None, the default, serves no such path).
+    Misbehaving server (all off by default; see the module docstring for what each serves and
+    what the ground truth says): ``summary_page_cap`` / ``detail_page_cap`` (at most N rows per
+    page whatever ``limit`` asks), ``empty_summary``, ``truncate_details``, ``bom_bodies`` (every
+    response body starts with a UTF-8 BOM), ``poison_values``, ``duplicate_summary``,
+    ``naive_dates`` and ``odd_channel``.
     """
 
     seed: int = 7
@@ -451,6 +514,15 @@ class SimulatorConfig:
     down: bool = False
     rate_limit_per_min: int | None = None
     stats_path: str | None = None
+    summary_page_cap: int | None = None
+    detail_page_cap: int | None = None
+    empty_summary: bool = False
+    truncate_details: bool = False
+    bom_bodies: bool = False
+    poison_values: bool = False
+    duplicate_summary: bool = False
+    naive_dates: bool = False
+    odd_channel: bool = False
 
     def __post_init__(self) -> None:
         """Validate the values and normalise ``fault_kinds`` to a tuple."""
@@ -484,6 +556,17 @@ class SimulatorConfig:
             not self.stats_path.startswith("/") or self.stats_path.startswith("/v1/")
         ):
             raise ValueError("stats_path must start with '/' and lie outside /v1/")
+        for name in ("summary_page_cap", "detail_page_cap"):
+            cap = getattr(self, name)
+            if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
+                raise ValueError(f"{name} must be an int >= 1 or None")
+
+    @property
+    def data_modes(self) -> tuple[str, ...]:
+        """The misbehaving-server modes that change the data served (not just its transport)."""
+        names = ("empty_summary", "truncate_details", "poison_values", "duplicate_summary", "naive_dates",
+                 "odd_channel")
+        return tuple(name for name in names if getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -492,7 +575,16 @@ class GroundTruth:
 
     ``campaigns``: one dict per campaign (summary facts, counts at ``as_of``).
     ``messages``: one dict per good, de-duplicated detail row (latest state wins).
-    ``rejected``: one dict per untypeable detail record (``odd_records=True`` only).
+    ``rejected``: one dict per untypeable record: ``campaign_id``, ``channel``, ``reason_kind``
+    (:data:`REJECT_REASON_KINDS` for ``odd_records``, :data:`HOSTILE_REASON_KINDS` for the
+    misbehaving modes), ``endpoint`` (``"summary"`` or ``"detail"``) and, for a poisoned detail
+    row, ``recipient``.
+    ``anomalies``: one dict per misbehaviour the server shows for the window (misbehaving data
+    modes only): ``mode`` (the config field), ``endpoint``, ``campaign_id`` (not for
+    ``empty_summary``) and mode-specific keys: ``field``/``value`` (``poison_values``,
+    ``naive_dates``, ``odd_channel``; ``recipient`` for detail rows), ``total_recipients``/
+    ``rows_listed``/``rows_served`` (``truncate_details``), ``stale_copy`` (the stale summary
+    record of ``duplicate_summary``), ``campaigns_hidden`` (``empty_summary``).
     Keys are canonical snake_case; timestamps are aware UTC datetimes; fields that do not apply to
     the channel are None.
     """
@@ -501,6 +593,7 @@ class GroundTruth:
     messages: list[dict[str, Any]]
     rejected: list[dict[str, Any]]
     as_of: datetime = field(default=_EPOCH)
+    anomalies: list[dict[str, Any]] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------
@@ -576,6 +669,7 @@ class _Body:
     messages: list[_Message]
     change_times: list[int]  # sorted distinct transition times after the sent time
     bad_records: list[_BadRecord]
+    poison: dict[int, str] = field(default_factory=dict)  # message index -> "num_sms" | "lone_surrogate"
 
 
 @dataclass(slots=True)
@@ -641,6 +735,8 @@ class CinnoxSimulator:
         self._prerender_lock = threading.Lock()
         self._generate_lock = threading.Lock()
         self._staff_eids = {name: _staff_eid(name) for name in _STAFF}
+        self._hostile = bool(self._config.data_modes)
+        self._day_roles = _LRU(4096)
 
     # ---------------------------------------------------------------- basics
 
@@ -775,6 +871,132 @@ class CinnoxSimulator:
         found.sort(key=lambda c: (c.sent_ms, c.campaign_id))
         return found
 
+    # ---------------------------------------------------------------- misbehaving modes
+
+    def _roles_of_day(self, day: date) -> dict[str, frozenset[str]]:
+        """Return ``{campaign_id: roles}`` of ``day``: which campaign each enabled data mode hits.
+
+        Roles: ``poison_detail`` (an SMS campaign), ``poison_summary`` (WhatsApp, else SMS),
+        ``truncate_details``, ``duplicate_summary``, ``naive_dates``, ``odd_channel`` (WhatsApp if
+        any). Campaigns sent exactly at midnight (listed in two windows) are avoided when possible,
+        and each role takes a campaign no other role took while there are enough.
+        """
+        cached = self._day_roles.get(day)
+        if cached is not None:
+            return cached
+        cfg = self._config
+        wanted: list[tuple[str, str | None, bool]] = []  # (role, preferred channel, channel required)
+        if cfg.poison_values:
+            wanted += [("poison_detail", SMS, True), ("poison_summary", WHATSAPP, False)]
+        if cfg.truncate_details:
+            wanted.append(("truncate_details", None, False))
+        if cfg.duplicate_summary:
+            wanted.append(("duplicate_summary", None, False))
+        if cfg.naive_dates:
+            wanted.append(("naive_dates", None, False))
+        if cfg.odd_channel:
+            wanted.append(("odd_channel", WHATSAPP, False))
+        campaigns = self._day_campaigns(day)
+        candidates = [c for c in campaigns if c.sent_ms % _DAY_MS != 0] or campaigns
+        roles: dict[str, set[str]] = {}
+        for role, channel, required in wanted:
+            fits = [c for c in candidates if channel is None or c.channel == channel]
+            unused = [c for c in fits if c.campaign_id not in roles]
+            if not required:  # a campaign of another channel beats sharing one
+                unused = unused or [c for c in candidates if c.campaign_id not in roles]
+                fits = fits or candidates
+            pool = unused or fits
+            if pool:
+                roles.setdefault(pool[0].campaign_id, set()).add(role)
+        result = {cid: frozenset(names) for cid, names in roles.items()}
+        self._day_roles.put(day, result)
+        return result
+
+    def _roles(self, campaign: _Campaign) -> frozenset[str]:
+        """The misbehaving-mode roles of ``campaign`` (empty unless a data mode is on)."""
+        if not self._hostile:
+            return frozenset()
+        return self._roles_of_day(campaign.day).get(campaign.campaign_id, frozenset())
+
+    def _poison_rows(self, messages: list[_Message], bad: list[_BadRecord]) -> dict[int, str]:
+        """Pick the ``poison_detail`` rows: ``{message index: "num_sms" | "lone_surrogate"}``.
+
+        Plain rows only (no odd-record variant, not copied by an untypeable record), so each
+        poisoned row is rejected for its poison alone.
+        """
+        sources = {b.source_index for b in bad}
+        plain = [i for i, m in enumerate(messages)
+                 if i not in sources and not (self._config.odd_records and m.flags)]
+        if not plain:
+            return {}
+        rows = {plain[len(plain) // 3]: "num_sms"}
+        rows.setdefault(plain[(2 * len(plain)) // 3], "lone_surrogate")
+        return rows
+
+    def _served_plan(self, campaign: _Campaign, body: _Body, now_ms: int) -> list[tuple[int, int, int]]:
+        """The detail rows the API serves at ``now_ms``: the row plan, cut to its first half for a
+        ``truncate_details`` campaign."""
+        plan = self._row_plan(campaign, body, now_ms)
+        if self._hostile and "truncate_details" in self._roles(campaign):
+            return plan[: len(plan) // 2]
+        return plan
+
+    def _summary_entries(self, campaigns: list[_Campaign]) -> list[tuple[_Campaign, bool]]:
+        """The summary listing as ``(campaign, stale)`` entries: empty for ``empty_summary``; a
+        ``duplicate_summary`` campaign's stale copy right before the real one."""
+        if not self._hostile:
+            return [(c, False) for c in campaigns]
+        if self._config.empty_summary:
+            return []
+        entries = []
+        for campaign in campaigns:
+            if "duplicate_summary" in self._roles(campaign):
+                entries.append((campaign, True))
+            entries.append((campaign, False))
+        return entries
+
+    def _summary_entry(self, campaign: _Campaign, stale: bool, now_ms: int) -> dict[str, Any]:
+        """Render one summary listing entry (API shape, poison as placeholders)."""
+        record = self._summary_record(campaign, now_ms)
+        if not self._hostile:
+            return record
+        if stale:
+            return self._stale_copy(record)
+        roles = self._roles(campaign)
+        if "naive_dates" in roles:
+            record["date"] = record["date"].removesuffix("Z")
+        if "odd_channel" in roles:
+            record["channel"] = ODD_CHANNEL
+        if "poison_summary" in roles:
+            record[self._poison_count_field(campaign)] = _MARK_COUNT
+        return record
+
+    @staticmethod
+    def _stale_copy(record: dict[str, Any]) -> dict[str, Any]:
+        """The stale copy of a summary record: an early snapshot with one recipient, still pending."""
+        stale = dict(record)
+        stale["campaignName"] = STALE_CAMPAIGN_NAME
+        stale["totalRecipients"] = 1
+        stale["delivered"] = 0
+        if record.get("channel") == WHATSAPP:
+            stale.update({"read": 0, "replied": 0, "pending": 1, "failed": 0})
+        return stale
+
+    @staticmethod
+    def _poison_count_field(campaign: _Campaign) -> str:
+        """The summary count ``poison_values`` overflows: ``replied`` (WhatsApp) or ``delivered`` (SMS)."""
+        return "replied" if campaign.channel == WHATSAPP else "delivered"
+
+    @staticmethod
+    def _pythonize(record: dict[str, Any]) -> dict[str, Any]:
+        """Replace the poison placeholders of a rendered record by the Python values the body means."""
+        for key, value in record.items():
+            if value == _MARK_COUNT:
+                record[key] = POISON_COUNT
+            elif value.__class__ is str and _MARK_SURROGATE in value:
+                record[key] = value.replace(_MARK_SURROGATE, LONE_SURROGATE)
+        return record
+
     # ---------------------------------------------------------------- detail generation
 
     def _body(self, campaign: _Campaign) -> _Body:
@@ -825,7 +1047,10 @@ class CinnoxSimulator:
                 message.times = tuple(-(-t // 1000) * 1000 for t in message.times)
             change_times.update(message.times[1:])
         bad_records = self._bad_records(campaign, used) if cfg.odd_records else []
-        return _Body(messages, sorted(change_times), bad_records)
+        poison = {}
+        if "poison_detail" in self._roles(campaign):
+            poison = self._poison_rows(messages, bad_records)
+        return _Body(messages, sorted(change_times), bad_records, poison)
 
     @staticmethod
     def _new_recipient(rng: random.Random, used: set[str]) -> tuple[str, str]:
@@ -1080,7 +1305,14 @@ class CinnoxSimulator:
             return record
         message = body.messages[index]
         flags = message.flags if self._config.odd_records else 0
-        return self._render_message(campaign, message, state, flags)
+        record = self._render_message(campaign, message, state, flags)
+        if body.poison:
+            poison = body.poison.get(index)
+            if poison == "num_sms":
+                record["numSMS"] = POISON_NUM_SMS
+            elif poison == "lone_surrogate":
+                record["content"] = f"{record['content']} {_MARK_SURROGATE}"
+        return record
 
     @staticmethod
     def _render_message(campaign: _Campaign, message: _Message, state: int, flags: int) -> dict[str, Any]:
@@ -1161,7 +1393,8 @@ class CinnoxSimulator:
     def summary_records(
         self, start_at: datetime, end_at: datetime, now: datetime | None = None
     ) -> list[dict[str, Any]]:
-        """Return summary records (API shape) with ``start_at <= date <= end_at`` (both inclusive).
+        """Return the summary records (API shape) the API lists for ``start_at <= date <= end_at``
+        (both inclusive), as the server serves them in every mode.
 
         Sorted by ``(date, id)``; campaigns sent after ``now`` are never returned.
         """
@@ -1169,10 +1402,14 @@ class CinnoxSimulator:
         campaigns = self._campaigns_between(
             _to_epoch_us(start_at), _to_epoch_us(end_at), now_ms, end_inclusive=True
         )
-        return [self._summary_record(c, now_ms) for c in campaigns]
+        records = [self._summary_entry(c, stale, now_ms) for c, stale in self._summary_entries(campaigns)]
+        if self._config.poison_values:
+            records = [self._pythonize(r) for r in records]
+        return records
 
     def detail_records(self, history_id: str, now: datetime | None = None) -> list[dict[str, Any]]:
-        """Return every detail record (API shape) of campaign ``history_id`` in the stable page order.
+        """Return every detail record (API shape) the API serves for campaign ``history_id``, in the
+        stable page order (a ``truncate_details`` campaign's listing ends early here too).
 
         An unknown id, or a campaign sent after ``now``, gives ``[]``.
         """
@@ -1181,15 +1418,22 @@ class CinnoxSimulator:
         if campaign is None or campaign.sent_ms > now_ms:
             return []
         body = self._body(campaign)
-        return [self._detail_record(campaign, body, e) for e in self._row_plan(campaign, body, now_ms)]
+        records = [self._detail_record(campaign, body, e) for e in self._served_plan(campaign, body, now_ms)]
+        if body.poison:
+            records = [self._pythonize(r) for r in records]
+        return records
 
     def _cid(self, *parts: object) -> str:
         """Return the envelope's ``cid``: random-looking but a pure function of the request."""
         return _hex_digest(24, self._config.seed, "cid", *parts)
 
     def _envelope(self, records: list[dict[str, Any]], cid: str) -> bytes:
-        """Serialise a success envelope."""
-        return orjson.dumps({"code": 0, "result": records, "cid": cid})
+        """Serialise a success envelope (with the poison placeholders replaced by what they stand for)."""
+        data = orjson.dumps({"code": 0, "result": records, "cid": cid})
+        if self._config.poison_values and b"@@sim-" in data:
+            data = data.replace(_MARK_COUNT_JSON, str(POISON_COUNT).encode())
+            data = data.replace(_MARK_SURROGATE.encode(), b"\\ud83d")
+        return data
 
     def render_summary_page(
         self,
@@ -1204,8 +1448,8 @@ class CinnoxSimulator:
         campaigns = self._campaigns_between(
             _to_epoch_us(start_at), _to_epoch_us(end_at), now_ms, end_inclusive=True
         )
-        page = campaigns[offset : offset + limit]
-        records = [self._summary_record(c, now_ms) for c in page]
+        page = self._summary_entries(campaigns)[offset : offset + limit]
+        records = [self._summary_entry(c, stale, now_ms) for c, stale in page]
         cid = self._cid("summary", _to_epoch_us(start_at), _to_epoch_us(end_at), offset, limit)
         return self._envelope(records, cid)
 
@@ -1235,7 +1479,7 @@ class CinnoxSimulator:
         key = (history_id, self._version(body, now_ms), offset, limit)
         page_bytes = self._pages.get(key)
         if page_bytes is None:
-            plan = self._row_plan(campaign, body, now_ms)
+            plan = self._served_plan(campaign, body, now_ms)
             records = [self._detail_record(campaign, body, e) for e in plan[offset : offset + limit]]
             page_bytes = self._envelope(records, cid)
             self._pages.put(key, page_bytes)
@@ -1255,7 +1499,7 @@ class CinnoxSimulator:
                 if campaign.sent_ms > now_ms:
                     continue
                 body = self._body(campaign)
-                plan = self._row_plan(campaign, body, now_ms)
+                plan = self._served_plan(campaign, body, now_ms)
                 pages = {}
                 for offset in range(0, len(plan) + 1, PAGE_LIMIT_MAX):
                     records = [
@@ -1283,7 +1527,8 @@ class CinnoxSimulator:
         """Return the canonical truth for campaigns with ``start_utc <= sent_at < end_utc`` (half-open).
 
         Computed from the internal model at ``now`` (default ``config.now``, else the wall clock);
-        campaigns sent after ``now`` are excluded.
+        campaigns sent after ``now`` are excluded. With misbehaving data modes on, see the module
+        docstring and :class:`GroundTruth` (``rejected``, ``anomalies``) for what changes.
         """
         now_ms = self.now_ms(now)
         campaigns = self._campaigns_between(
@@ -1348,14 +1593,93 @@ class CinnoxSimulator:
                         "campaign_id": None if bad.kind == "missing_id" else campaign.campaign_id,
                         "channel": campaign.channel,
                         "reason_kind": bad.kind,
+                        "endpoint": "detail",
                     }
                 )
+        anomalies: list[dict[str, Any]] = []
+        if self._hostile:
+            anomalies = self._apply_modes_to_truth(
+                campaigns, now_ms, truth_campaigns, truth_messages, rejected
+            )
         return GroundTruth(
             campaigns=truth_campaigns,
             messages=truth_messages,
             rejected=rejected,
             as_of=_from_epoch_ms(now_ms),
+            anomalies=anomalies,
         )
+
+    def _apply_modes_to_truth(
+        self,
+        campaigns: list[_Campaign],
+        now_ms: int,
+        truth_campaigns: list[dict[str, Any]],
+        truth_messages: list[dict[str, Any]],
+        rejected: list[dict[str, Any]],
+    ) -> list[dict[str, Any]]:
+        """Apply the misbehaving data modes to a window's truth (in place); return its anomalies."""
+        anomalies: list[dict[str, Any]] = []
+        if self._config.empty_summary:
+            anomalies.append(
+                {"mode": "empty_summary", "endpoint": "summary", "campaigns_hidden": len(campaigns)}
+            )
+        summary_rejected: set[str] = set()
+        poisoned_rows: set[tuple[str, str]] = set()
+        for campaign in campaigns:
+            roles = self._roles(campaign)
+            if not roles:
+                continue
+            cid, channel = campaign.campaign_id, campaign.channel
+            summary = self._summary_record(campaign, now_ms)
+            if "duplicate_summary" in roles:
+                anomalies.append({"mode": "duplicate_summary", "endpoint": "summary", "campaign_id": cid,
+                                  "stale_copy": self._stale_copy(summary)})
+            # one rejected summary record per campaign; with several summary modes on one campaign
+            # (a day with fewer campaigns than modes) the first kind below names it
+            summary_kinds = []
+            if "naive_dates" in roles:
+                summary_kinds.append("naive_date")
+                anomalies.append({"mode": "naive_dates", "endpoint": "summary", "campaign_id": cid,
+                                  "field": "date", "value": summary["date"].removesuffix("Z")})
+            if "odd_channel" in roles:
+                summary_kinds.append("unknown_channel")
+                anomalies.append({"mode": "odd_channel", "endpoint": "summary", "campaign_id": cid,
+                                  "field": "channel", "value": ODD_CHANNEL})
+            if "poison_summary" in roles:
+                summary_kinds.append("count_out_of_range")
+                anomalies.append({"mode": "poison_values", "endpoint": "summary", "campaign_id": cid,
+                                  "field": self._poison_count_field(campaign), "value": POISON_COUNT})
+            if summary_kinds and not self._config.empty_summary:
+                summary_rejected.add(cid)
+                rejected.append({"campaign_id": cid, "channel": channel, "reason_kind": summary_kinds[0],
+                                 "endpoint": "summary"})
+            body = self._body(campaign)
+            if "truncate_details" in roles:
+                listed = len(self._row_plan(campaign, body, now_ms))
+                anomalies.append({"mode": "truncate_details", "endpoint": "detail", "campaign_id": cid,
+                                  "total_recipients": len(body.messages), "rows_listed": listed,
+                                  "rows_served": len(self._served_plan(campaign, body, now_ms))})
+            served = {entry[1] for entry in self._served_plan(campaign, body, now_ms) if entry[0] != 2}
+            for index, poison in sorted(body.poison.items()):
+                message = body.messages[index]
+                poisoned_rows.add((cid, message.recipient))  # never a valid message
+                if index not in served:
+                    continue  # cut off by truncate_details: never served, so never rejected either
+                if poison == "num_sms":
+                    kind, column, value = "num_sms_out_of_range", "numSMS", POISON_NUM_SMS
+                else:
+                    kind, column = "invalid_unicode", "content"
+                    value = f"{message.content} {LONE_SURROGATE}"
+                rejected.append({"campaign_id": cid, "channel": channel, "reason_kind": kind,
+                                 "endpoint": "detail", "recipient": message.recipient})
+                anomalies.append({"mode": "poison_values", "endpoint": "detail", "campaign_id": cid,
+                                  "recipient": message.recipient, "field": column, "value": value})
+        if summary_rejected:
+            truth_campaigns[:] = [c for c in truth_campaigns if c["campaign_id"] not in summary_rejected]
+        if poisoned_rows:
+            truth_messages[:] = [m for m in truth_messages
+                                 if (m["campaign_id"], m["recipient"]) not in poisoned_rows]
+        return anomalies
 
 
 _ABSENT = object()

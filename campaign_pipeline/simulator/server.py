@@ -29,6 +29,13 @@ response), ``truncated`` (the full ``Content-Length`` but only half the body, th
 ``slow_seconds`` then answer normally). Faults never change data: a retry that succeeds returns the
 same bytes as a fault-free server.
 
+Transport modes of a misbehaving server (off by default): ``summary_page_cap`` / ``detail_page_cap``
+serve at most that many rows per page whatever ``limit`` asks (a valid ``limit`` up to 500 is still
+required); ``bom_bodies`` puts a UTF-8 BOM in front of every response body (errors and fault pages
+included, the ``stats_path`` answer excluded). The data modes (``empty_summary``,
+``truncate_details``, ``poison_values``, ``duplicate_summary``, ``naive_dates``, ``odd_channel``) are
+rendered by :class:`CinnoxSimulator` from its own config (see ``data.py``).
+
 No request line, header or phone number is ever logged.
 """
 
@@ -70,6 +77,7 @@ CODE_UNAUTHORIZED = 6450401
 CODE_APP_NOT_FOUND = 6450404
 """Simulator's choice: the real code for an unknown appID is undocumented."""
 
+UTF8_BOM = b"\xef\xbb\xbf"
 SUMMARY_ENDPOINT = "sent-campaigns-summary"
 DETAIL_ENDPOINT = "sent-campaigns-detail"
 _ROUTE = re.compile(r"^/v1/api/apps/([^/]+)/data/(sent-campaigns-summary|sent-campaigns-detail)/?$")
@@ -277,7 +285,8 @@ class SimulatorServer:
         config = self._config
         split = urlsplit(handler.path)
         if is_get and config.stats_path is not None and split.path == config.stats_path:
-            self._send_json(handler, 200, self.stats())  # not counted, no auth: for benchmarks
+            # not counted, no auth, never with a BOM: for benchmarks
+            self._send(handler, 200, orjson.dumps(self.stats()), bom=False)
             return
         route = _ROUTE.match(split.path) if is_get else None
         endpoint = route.group(2) if route else "other"
@@ -350,6 +359,8 @@ class SimulatorServer:
         if end_at < start_at:
             raise _BadRequest("endAt is prior to startAt")
         offset, limit = _paging(params)
+        if self._config.summary_page_cap is not None:
+            limit = min(limit, self._config.summary_page_cap)
         return self._simulator.render_summary_page(start_at, end_at, offset, limit)
 
     def _detail(self, params: dict[str, str]) -> bytes:
@@ -358,6 +369,8 @@ class SimulatorServer:
         if not history_id:
             raise _BadRequest("missing historyID")
         offset, limit = _paging(params)
+        if self._config.detail_page_cap is not None:
+            limit = min(limit, self._config.detail_page_cap)
         return self._simulator.render_detail_page(history_id, offset, limit)
 
     def _throttle(self, token: str) -> int | None:
@@ -433,16 +446,20 @@ class SimulatorServer:
         """Send ``payload`` as JSON."""
         self._send(handler, status, orjson.dumps(payload), headers=headers)
 
-    @staticmethod
     def _send(
+        self,
         handler: _Handler,
         status: int,
         body: bytes,
         *,
         content_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        bom: bool = True,
     ) -> None:
-        """Send a complete response with Content-Length (the connection stays open)."""
+        """Send a complete response with Content-Length (the connection stays open); with
+        ``bom_bodies`` (and ``bom``) the body goes out behind a UTF-8 BOM."""
+        if bom and self._config.bom_bodies:
+            body = UTF8_BOM + body
         handler.send_response(status)
         handler.send_header("Content-Type", content_type)
         handler.send_header("Content-Length", str(len(body)))
@@ -451,9 +468,10 @@ class SimulatorServer:
         handler.end_headers()
         handler.wfile.write(body)
 
-    @staticmethod
-    def _send_truncated(handler: _Handler, body: bytes) -> None:
+    def _send_truncated(self, handler: _Handler, body: bytes) -> None:
         """Announce the full Content-Length, send half of the body, then close the connection."""
+        if self._config.bom_bodies:
+            body = UTF8_BOM + body
         handler.send_response(200)
         handler.send_header("Content-Type", "application/json")
         handler.send_header("Content-Length", str(len(body)))

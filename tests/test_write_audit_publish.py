@@ -1,0 +1,193 @@
+"""Never lose or hide data: write, audit, then publish each day; a worse version never replaces a
+good one; the landing file is a checked source; poison values become rejected records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from campaign_pipeline import engine, records
+from campaign_pipeline.config import PipelineConfig
+from campaign_pipeline.windows import PartitionWindow
+from tests.conftest import FIRST_DAY, read_table, simulator_env, start_simulator, table_fingerprint
+
+from .test_transform_lake_warehouse import detail, split, summary
+
+ROOT = Path(__file__).resolve().parents[1]
+DAY = FIRST_DAY
+LATER = datetime(2024, 5, 20, 12, tzinfo=UTC)
+
+
+def run(server, data_dir: Path, resplit: bool = False, allow_shrink: bool = False, **extra) -> engine.DayResult:
+    """One day through the engine (as the CLI runs it), against ``server``."""
+    cfg = PipelineConfig.from_env(simulator_env(server, data_dir, **extra))
+    options = engine.RunOptions(resplit=resplit, allow_shrink=allow_shrink, run_id="test-run")
+    (result,) = engine.run_range(cfg, DAY, DAY, options)
+    return result
+
+
+def snapshot(data_dir: Path) -> tuple[dict, dict]:
+    """What readers see: every table's content and every published lake file's bytes."""
+    lake = data_dir / "lake"
+    files = {str(p.relative_to(lake)): hashlib.sha256(p.read_bytes()).hexdigest()
+             for p in lake.rglob("*") if p.is_file() and "_quarantine" not in p.parts}
+    return table_fingerprint(data_dir / "warehouse.duckdb"), files
+
+
+@pytest.fixture
+def good_day(tmp_path):
+    """DAY loaded once from a simulator at a late clock (every campaign sent and settled)."""
+    server = start_simulator(now=LATER)
+    result = run(server, tmp_path)
+    assert result.published, result.failure
+    yield server, tmp_path, snapshot(tmp_path)
+    server.stop()
+
+
+def test_an_empty_reload_never_erases_a_published_day(good_day):
+    _, data_dir, before = good_day
+    early = start_simulator(now=LATER, empty_summary=True)  # a bad night: the summary answers nothing
+    try:
+        result = run(early, data_dir)
+        assert not result.published
+        assert "no_unexplained_shrink" in result.failure and "quarantined in" in result.failure
+        assert snapshot(data_dir) == before  # tables, views' inputs, lake files and landing file unchanged
+        # The rejected version is kept aside with its check results.
+        quarantine = data_dir / "lake" / "_quarantine" / f"date={DAY.isoformat()}" / "run=test-run"
+        checks = json.loads((quarantine / "checks-default.json").read_text())
+        failed = {c["check"] for c in checks["checks"] if not c["passed"] and c["blocking"]}
+        assert failed == {"no_unexplained_shrink"}
+        assert (quarantine / "raw-responses-default.ndjson.zst").is_file()
+        assert (quarantine / "campaigns-part-default.parquet").is_file()
+        # With --allow-shrink the user says the smaller day is right, and it is published.
+        allowed = run(early, data_dir, allow_shrink=True)
+        assert allowed.published, allowed.failure
+        assert read_table(data_dir / "warehouse.duckdb", "campaigns", "campaign_id") == []
+    finally:
+        early.stop()
+
+
+def test_a_blocking_check_failure_leaves_the_report_identical(good_day, tmp_path):
+    server, data_dir, before = good_day
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    env.update(simulator_env(server, data_dir))
+    report = [sys.executable, "-m", "campaign_pipeline.cli", "report", "--start", DAY.isoformat(), "--end",
+              DAY.isoformat(), "--by", "campaign"]
+    first = subprocess.run(report, env=env, capture_output=True, text=True, check=True, cwd=ROOT, timeout=120)
+    backfill = [sys.executable, "-m", "campaign_pipeline.cli", "backfill", "--start", DAY.isoformat(), "--end",
+                DAY.isoformat()]
+    early = start_simulator(now=LATER, empty_summary=True)
+    try:
+        env_early = {**env, **simulator_env(early, data_dir)}
+        failed = subprocess.run(backfill, env=env_early, capture_output=True, text=True, cwd=ROOT, timeout=300,
+                                check=False)
+    finally:
+        early.stop()
+    assert failed.returncode == 1
+    assert f"{DAY.isoformat()}: blocking check failed (campaigns:no_unexplained_shrink)" in failed.stderr
+    second = subprocess.run(report, env=env, capture_output=True, text=True, check=True, cwd=ROOT, timeout=120)
+    assert second.stdout == first.stdout and first.stdout.strip()
+    assert snapshot(data_dir) == before
+
+
+@pytest.mark.parametrize("damage", ["zero_bytes", "truncated", "flipped_bit", "missing"])
+def test_a_damaged_landing_file_fails_the_resplit_and_keeps_the_published_day(good_day, damage):
+    server, data_dir, before = good_day
+    landing = next((data_dir / "lake" / "raw").rglob("responses-default.ndjson.zst"))
+    data = landing.read_bytes()
+    if damage == "zero_bytes":
+        landing.write_bytes(b"")
+    elif damage == "truncated":
+        landing.write_bytes(data[: len(data) // 2])
+    elif damage == "flipped_bit":
+        landing.write_bytes(data[:-40] + bytes([data[-40] ^ 0x01]) + data[-39:])
+    else:
+        landing.unlink()
+    result = run(server, data_dir, resplit=True)
+    assert not result.published
+    expected = "no landed data" if damage == "missing" else "landing file"
+    assert expected in result.failure
+    tables, files = snapshot(data_dir)
+    assert tables == before[0]
+    assert {k: v for k, v in files.items() if not k.startswith("raw/")} == {
+        k: v for k, v in before[1].items() if not k.startswith("raw/")}
+
+
+def test_a_resplit_of_an_intact_landing_file_gives_identical_tables(good_day):
+    server, data_dir, before = good_day
+    result = run(server, data_dir, resplit=True)
+    assert result.published, result.failure
+    assert snapshot(data_dir) == before
+
+
+def test_the_partition_timezone_is_pinned_to_the_data_dir(good_day):
+    server, data_dir, before = good_day
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    env.update(simulator_env(server, data_dir, CAMPAIGN_PARTITION_TZ="Asia/Hong_Kong"))
+    result = subprocess.run([sys.executable, "-m", "campaign_pipeline.cli", "backfill", "--start", "2024-05-02",
+                             "--end", "2024-05-02"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                            check=False)
+    assert result.returncode == 2
+    (line,) = result.stderr.splitlines()
+    assert "CAMPAIGN_PARTITION_TZ=UTC" in line and "CAMPAIGN_PARTITION_TZ=Asia/Hong_Kong" in line
+    assert snapshot(data_dir) == before
+
+
+# --- the splitter: one rule per case --------------------------------------------------------------
+
+
+def test_a_campaign_listed_twice_keeps_the_copy_listed_last():
+    stale = {**summary("c", "2024-05-01T10:00:00Z", total=1), "campaignName": "STALE"}
+    real = {**summary("c", "2024-05-01T10:00:00Z", total=2), "campaignName": "real"}
+    result = split([stale, real], {"c": [detail("c", "+85291234567", ""), detail("c", "+85291234568", "")]})
+    (row,) = result.tables["campaigns"].to_pylist()
+    assert (row["campaign_name"], row["total_recipients"]) == ("real", 2)
+    assert result.stats.duplicate_campaigns_dropped == 1
+
+
+@pytest.mark.parametrize(("bad", "reason"), [({"date": "2024-05-01T10:00:00"}, "date has no UTC offset"),
+                                             ({"channel": "WhatsApp Business"}, "unknown channel")])
+def test_an_untypeable_summary_record_still_has_its_details_fetched_and_fails_the_day(bad, reason):
+    from campaign_pipeline.transform import DaySplitter
+
+    splitter = DaySplitter(PartitionWindow.for_day(DAY, "UTC"), "app")
+    splitter.add_summary_records([{**summary("odd", "2024-05-01T10:00:00Z", total=2), **bad},
+                                  summary("ok", "2024-05-01T11:00:00Z")])
+    assert splitter.campaigns_to_fetch == {"ok": 1, "odd": None}
+    splitter.add_detail_records("odd", [detail("odd", "+85291234567", ""), detail("odd", "+85291234568", "")])
+    splitter.add_detail_records("ok", [detail("ok", "+85291234569", "")])
+    tables = splitter.finish()
+    rejected = tables.tables["rejected_records"].to_pylist()
+    # The two messages are counted as rejected (not one summary record), with the reason.
+    assert sorted((r["endpoint"], r["campaign_id"], r["reason"]) for r in rejected) == [
+        ("detail", "odd", f"campaign summary rejected: {reason}")] * 2 + [("summary", "odd", reason)]
+    assert tables.stats.unplaced_campaigns == {"odd": reason}
+    from campaign_pipeline import quality
+
+    outcome = quality.check_campaigns_placed(tables.stats)
+    assert not outcome.passed and outcome.spec.blocking and "odd" in outcome.description
+
+
+@pytest.mark.parametrize(("field", "value", "reason"), [("numSMS", 3_000_000_000, "numSMS out of range"),
+                                                        ("numSMS", "1e20", "numSMS out of range"),
+                                                        ("content", "ok \ud83d", "text is not valid Unicode")])
+def test_a_poison_value_rejects_its_record_and_the_rest_of_the_day_loads(field, value, reason):
+    poisoned = {**detail("c", "+85291234567", ""), field: value}
+    result = split([summary("c", "2024-05-01T10:00:00Z", total=2)],
+                   {"c": [poisoned, detail("c", "+85291234568", "")]})
+    assert result.tables["sms_messages"]["recipient"].to_pylist() == ["+85291234568"]
+    (rejected,) = result.tables["rejected_records"].to_pylist()
+    assert rejected["reason"] == reason
+    json.loads(rejected["raw_record"])  # stored as valid JSON text, escapes kept
+
+
+def test_a_summary_count_out_of_range_is_rejected_not_a_crash():
+    with pytest.raises(records.RecordRejected, match="replied out of range"):
+        records.parse_campaign({**summary("c", "2024-05-01T10:00:00Z"), "replied": 10**20})
