@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--start", type=_parse_day, required=True, help="first day, YYYY-MM-DD")
     backfill.add_argument("--end", type=_parse_day, required=True, help="last day, YYYY-MM-DD (inclusive)")
     backfill.add_argument("--resplit", action="store_true",
-                          help="rebuild tables from the landed raw files only: no API calls")
+                          help="rebuild tables from the verified landed raw files: no API calls, except a summary "
+                               "re-fetch when the reconciliation check finds a mismatch")
     backfill.add_argument("--allow-shrink", action="store_true",
                           help="let a re-load publish fewer campaigns or messages than a day's published version "
                                "(otherwise that day fails its no_unexplained_shrink check and keeps its version)")

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -264,7 +265,10 @@ def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: Partition
 
         def fetch_campaign(history_id: str) -> None:
             nonlocal done
-            for page in client.iter_detail_pages(history_id, expected_rows[history_id]):
+            # Without a usable totalRecipients, page until an empty page (a capped server's short
+            # page must not end the listing): one request more for such a campaign.
+            expected = expected_rows[history_id]
+            for page in client.iter_detail_pages(history_id, sys.maxsize if expected is None else expected):
                 page_records = hasher.redact_page(page.records) if hasher is not None else page.records
                 with write_lock:
                     if hasher is None:

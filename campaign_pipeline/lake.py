@@ -228,7 +228,7 @@ class Lake:
                         continue
                     page_records = item["response"][settings.ENVELOPE_RESULT] if "response" in item else item["result"]
                     yield RawPage(endpoint, item.get("history_id"), item.get("offset", 0), page_records)
-        except (OSError, pa.ArrowException, KeyError, TypeError) as error:
+        except (OSError, pa.ArrowException, KeyError, TypeError, AttributeError) as error:
             raise LandingCorruptError(f"landing file {path} cannot be read ({type(error).__name__}); "
                                       "re-fetch the day without --resplit") from None
         if lines == 0:

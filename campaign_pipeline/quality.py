@@ -64,7 +64,8 @@ SENT_AT_IN_WINDOW = {
 RECONCILIATION = _spec(
     schemas.CAMPAIGNS.name, "reconciles_with_details", True,
     "Per campaign: detail rows = total_recipients; WhatsApp Read rows = read; delivered matches Delivered or "
-    "Delivered+Read; pending and failed match where present. The summary is re-fetched once before a mismatch.",
+    "Delivered+Read; pending and failed match where present (the campaign's rejected detail records may account "
+    "for the difference). The summary is re-fetched once before a mismatch.",
 )
 SCHEMA_DRIFT = _spec(schemas.CAMPAIGNS.name, "schema_drift", False,
                      "Warns with the names of API fields the typed tables do not model")
@@ -140,27 +141,45 @@ def check_sent_at_in_window(
     )
 
 
+# Per campaign: the summary's counts, the typed detail rows' counts, and the same counts with the
+# campaign's rejected detail records added (their status read from the raw record), so a record
+# rejected for one poison value is accounted for (the rejected ratio judges it) instead of failing
+# the day's reconciliation.
 _DETAIL_COUNTS_SQL = """
 WITH detail AS (
-    SELECT campaign_id, status FROM sms_messages WHERE partition_date = $day AND app_id = $app
+    SELECT campaign_id, status, false AS rejected FROM sms_messages WHERE partition_date = $day AND app_id = $app
     UNION ALL
-    SELECT campaign_id, status FROM whatsapp_messages WHERE partition_date = $day AND app_id = $app
+    SELECT campaign_id, status, false FROM whatsapp_messages WHERE partition_date = $day AND app_id = $app
+    UNION ALL
+    SELECT campaign_id, CASE lower(trim(try(json_extract_string(raw_record, '$.status'))))
+               WHEN 'delivered' THEN 'Delivered' WHEN 'read' THEN 'Read' WHEN 'pending' THEN 'Pending'
+               WHEN 'failed' THEN 'Failed' END, true
+    FROM rejected_records
+    WHERE partition_date = $day AND app_id = $app AND endpoint = 'detail' AND campaign_id IS NOT NULL
 ), counts AS (
     SELECT campaign_id,
-           count(*) AS rows,
-           count(*) FILTER (WHERE status = 'Delivered') AS delivered_rows,
-           count(*) FILTER (WHERE status = 'Read') AS read_rows,
-           count(*) FILTER (WHERE status = 'Pending') AS pending_rows,
-           count(*) FILTER (WHERE status = 'Failed') AS failed_rows
+           count(*) FILTER (WHERE NOT rejected) AS rows,
+           count(*) FILTER (WHERE status = 'Delivered' AND NOT rejected) AS delivered_rows,
+           count(*) FILTER (WHERE status = 'Read' AND NOT rejected) AS read_rows,
+           count(*) FILTER (WHERE status = 'Pending' AND NOT rejected) AS pending_rows,
+           count(*) FILTER (WHERE status = 'Failed' AND NOT rejected) AS failed_rows,
+           count(*) AS all_rows,
+           count(*) FILTER (WHERE status = 'Delivered') AS all_delivered_rows,
+           count(*) FILTER (WHERE status = 'Read') AS all_read_rows,
+           count(*) FILTER (WHERE status = 'Pending') AS all_pending_rows,
+           count(*) FILTER (WHERE status = 'Failed') AS all_failed_rows
     FROM detail GROUP BY campaign_id
 )
 SELECT c.campaign_id, c.channel, c.total_recipients, c.delivered, c."read", c.pending, c.failed,
        coalesce(d.rows, 0), coalesce(d.delivered_rows, 0), coalesce(d.read_rows, 0),
-       coalesce(d.pending_rows, 0), coalesce(d.failed_rows, 0)
+       coalesce(d.pending_rows, 0), coalesce(d.failed_rows, 0),
+       coalesce(d.all_rows, 0), coalesce(d.all_delivered_rows, 0), coalesce(d.all_read_rows, 0),
+       coalesce(d.all_pending_rows, 0), coalesce(d.all_failed_rows, 0)
 FROM campaigns c LEFT JOIN counts d USING (campaign_id)
 WHERE c.partition_date = $day AND c.app_id = $app
 ORDER BY c.campaign_id
 """
+_DETAIL_KEYS = ("rows", "delivered_rows", "read_rows", "pending_rows", "failed_rows")
 
 
 def _compare(summary: dict, detail: dict) -> tuple[list[str], str | None]:
@@ -196,13 +215,19 @@ def check_reconciliation(
     """Compare each campaign's summary counts with its detail rows; re-fetch the summary once
     (statuses move) before calling a mismatch."""
     rows = con.execute(_DETAIL_COUNTS_SQL, {"day": window.day, "app": app_id}).fetchall()
-    summaries, details = {}, {}
+    summaries, details, with_rejected = {}, {}, {}
     for r in rows:
         summaries[r[0]] = {"channel": r[1], "total_recipients": r[2], "delivered": r[3], "read": r[4],
                            "pending": r[5], "failed": r[6]}
-        details[r[0]] = {"rows": r[7], "delivered_rows": r[8], "read_rows": r[9], "pending_rows": r[10],
-                         "failed_rows": r[11]}
-    mismatches = {cid: _compare(summaries[cid], details[cid]) for cid in summaries}
+        details[r[0]] = dict(zip(_DETAIL_KEYS, r[7:12], strict=True))
+        with_rejected[r[0]] = dict(zip(_DETAIL_KEYS, r[12:17], strict=True))
+
+    def compare(summary: dict, cid: str) -> tuple[list[str], str | None]:
+        typed = _compare(summary, details[cid])
+        return typed if not typed[0] or with_rejected[cid] == details[cid] else min(
+            typed, _compare(summary, with_rejected[cid]), key=lambda result: len(result[0]))
+
+    mismatches = {cid: compare(summaries[cid], cid) for cid in summaries}
     mismatched = {cid: p for cid, (p, _) in mismatches.items() if p}
     refetched = False
     if mismatched and refetch_summary is not None:
@@ -216,7 +241,7 @@ def check_reconciliation(
             fresh[row["campaign_id"]] = row
         for cid in list(mismatched):
             if cid in fresh:
-                mismatches[cid] = _compare(fresh[cid], details[cid])
+                mismatches[cid] = compare(fresh[cid], cid)
                 if not mismatches[cid][0]:
                     del mismatched[cid]
     conventions = [c for _, c in mismatches.values() if c]

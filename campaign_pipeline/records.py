@@ -214,7 +214,9 @@ def unknown_fields(record: dict, known: frozenset[str]) -> list[str]:
 def parse_campaign(record: Any) -> dict:
     """Type one summary record into a ``campaigns`` row (without ``partition_date``).
 
-    ``sent_at`` is epoch microseconds UTC. Raises :class:`RecordRejected`.
+    ``sent_at`` is epoch microseconds UTC. Raises :class:`RecordRejected`. A count outside its
+    column's range (e.g. ``replied`` of 10^20) does not reject the campaign: the column becomes
+    NULL and its reason is listed under ``nulled`` (not a column), for the rejected records.
     """
     if not isinstance(record, dict):
         raise RecordRejected("record is not a JSON object")
@@ -225,6 +227,11 @@ def parse_campaign(record: Any) -> dict:
     channel = canonical_channel(record.get("channel"))
     sender = sender_of(record)
     is_whatsapp = channel == settings.CHANNEL_WHATSAPP
+    nulled: list[str] = []
+    counts = {name: _count_or_null(record.get(field), field, nulled)
+              for name, field in (("total_recipients", "totalRecipients"), ("delivered", "delivered"),
+                                  ("read", "read"), ("replied", "replied"), ("pending", "pending"),
+                                  ("failed", "failed"))}
     return {
         "campaign_id": campaign_id,
         "sent_at": sent_at,
@@ -236,13 +243,19 @@ def parse_campaign(record: Any) -> dict:
         "sender_source_name": text_or_none(sender.get("sourceName")) if is_whatsapp else None,
         "sender_eid": None if is_whatsapp else text_or_none(sender.get("senderEID")),
         "subject": text_or_none(record.get("subject")) if is_whatsapp else None,
-        "total_recipients": parse_count(record.get("totalRecipients"), "totalRecipients"),
-        "delivered": parse_count(record.get("delivered"), "delivered"),
-        "read": parse_count(record.get("read"), "read"),
-        "replied": parse_count(record.get("replied"), "replied"),
-        "pending": parse_count(record.get("pending"), "pending"),
-        "failed": parse_count(record.get("failed"), "failed"),
+        **counts,
+        "nulled": nulled,
     }
+
+
+def _count_or_null(value: Any, field: str, nulled: list[str]) -> int | None:
+    try:
+        return parse_count(value, field)
+    except RecordRejected as rejected:
+        if not rejected.reason.endswith("out of range"):
+            raise
+        nulled.append(f"{rejected.reason} (stored as NULL)")
+        return None
 
 
 def _last_updated(record: dict) -> Any:

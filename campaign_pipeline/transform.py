@@ -12,6 +12,7 @@ files. A whole 10x day is about 50 MB of Arrow, so a day's tables stay in memory
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -175,13 +176,19 @@ _CAMPAIGN_COLUMNS = schemas.row_schema(schemas.CAMPAIGNS_SCHEMA).names
 _TOTAL_INDEX = _CAMPAIGN_COLUMNS.index("total_recipients")
 
 
+_LONE_SURROGATE_ESCAPE = re.compile(
+    r"(?<!\\)\\u(d[89ab][0-9a-f]{2})(?!\\ud[c-f])|(?<!\\ud[89ab][0-9a-f]{2})\\u(d[c-f][0-9a-f]{2})", re.IGNORECASE)
+
+
 def json_text(record) -> str:
-    """A record as compact JSON text with sorted keys; text that is not valid Unicode (a lone
-    surrogate) is kept as its ``\\uXXXX`` escape."""
+    """A record as compact JSON text with sorted keys. Text that is not valid Unicode (a lone
+    surrogate) is kept as the literal characters of its escape (``\\ud83d``), so the text stays
+    valid JSON for DuckDB's JSON functions."""
     try:
         return orjson.dumps(record, option=orjson.OPT_SORT_KEYS).decode()
     except TypeError:  # orjson refuses lone surrogates
-        return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+        text = json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+        return _LONE_SURROGATE_ESCAPE.sub(lambda m: "\\\\u" + (m.group(1) or m.group(2)), text)
 
 
 class DaySplitter:
@@ -245,6 +252,8 @@ class DaySplitter:
             self.stats.unplaced_campaigns.pop(campaign_id, None)
             self._campaign_channels[campaign_id] = row["channel"]
             self._campaign_rows[campaign_id] = tuple(row[c] for c in _CAMPAIGN_COLUMNS)
+            for reason in row["nulled"]:  # a count outside its column's range, stored as NULL
+                self._reject("summary", record, reason, row["channel"], campaign_id)
 
     def add_detail_records(self, history_id: str, page_records: list) -> None:
         """Type the detail records of campaign ``history_id`` into its channel's table."""

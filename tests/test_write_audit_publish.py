@@ -188,6 +188,131 @@ def test_a_poison_value_rejects_its_record_and_the_rest_of_the_day_loads(field, 
     json.loads(rejected["raw_record"])  # stored as valid JSON text, escapes kept
 
 
-def test_a_summary_count_out_of_range_is_rejected_not_a_crash():
-    with pytest.raises(records.RecordRejected, match="replied out of range"):
-        records.parse_campaign({**summary("c", "2024-05-01T10:00:00Z"), "replied": 10**20})
+def test_a_summary_count_out_of_range_becomes_null_with_its_reason():
+    poisoned = {**summary("c", "2024-05-01T10:00:00Z"), "replied": 10**20}
+    row = records.parse_campaign(poisoned)
+    assert row["replied"] is None and row["nulled"] == ["replied out of range (stored as NULL)"]
+    result = split([poisoned], {"c": [detail("c", "+85291234567", "")]})
+    (campaign,) = result.tables["campaigns"].to_pylist()
+    assert campaign["replied"] is None and campaign["total_recipients"] == 1
+    (rejected,) = result.tables["rejected_records"].to_pylist()
+    assert (rejected["endpoint"], rejected["campaign_id"], rejected["reason"]) == (
+        "summary", "c", "replied out of range (stored as NULL)")
+
+
+# --- the whole pipeline against misbehaving servers (the simulator's modes) -------------------------
+
+
+def _truth(server):
+    from campaign_pipeline.simulator import day_bounds_utc
+
+    return server.simulator.ground_truth(*day_bounds_utc(DAY))
+
+
+def _loaded_messages(data_dir: Path) -> set[tuple[str, str]]:
+    return {(r["campaign_id"], r["recipient"]) for table in ("sms_messages", "whatsapp_messages")
+            for r in read_table(data_dir / "warehouse.duckdb", table)}
+
+
+def test_a_server_capping_its_pages_still_loads_every_campaign_and_recipient(tmp_path):
+    server = start_simulator(now=LATER, campaigns_per_day=30, recipients_per_campaign=300,
+                             summary_page_cap=7, detail_page_cap=60)
+    try:
+        result = run(server, tmp_path)
+        truth = _truth(server)
+    finally:
+        server.stop()
+    assert result.published, result.failure
+    campaigns = {r["campaign_id"] for r in read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")}
+    assert campaigns == {c["campaign_id"] for c in truth.campaigns} and len(campaigns) >= 25
+    assert _loaded_messages(tmp_path) == {(m["campaign_id"], m["recipient"]) for m in truth.messages}
+
+
+def test_a_truncated_reload_is_quarantined_and_the_good_day_kept(good_day):
+    _, data_dir, before = good_day
+    truncating = start_simulator(now=LATER, truncate_details=True)
+    try:
+        result = run(truncating, data_dir)
+    finally:
+        truncating.stop()
+    assert not result.published
+    assert "campaigns:reconciles_with_details" in result.failure
+    assert snapshot(data_dir) == before
+    quarantine = data_dir / "lake" / "_quarantine" / f"date={DAY.isoformat()}" / "run=test-run"
+    checks = json.loads((quarantine / "checks-default.json").read_text())
+    assert "reconciles_with_details" in {c["check"] for c in checks["checks"] if not c["passed"] and c["blocking"]}
+    assert checks["inserted"]["sms_messages"] + checks["inserted"]["whatsapp_messages"] < sum(
+        1 for _ in read_table(data_dir / "warehouse.duckdb", "sms_messages")) + sum(
+        1 for _ in read_table(data_dir / "warehouse.duckdb", "whatsapp_messages"))
+
+
+def test_poison_values_become_rejected_records_and_the_rest_of_the_day_loads(tmp_path):
+    server = start_simulator(now=LATER, poison_values=True, campaigns_per_day=6)
+    try:
+        result = run(server, tmp_path, CAMPAIGN_REJECTED_THRESHOLD="0.5")
+        truth = _truth(server)
+    finally:
+        server.stop()
+    assert result.published, result.failure
+    rejected = read_table(tmp_path / "warehouse.duckdb", "rejected_records", "endpoint, campaign_id, reason")
+    poisoned = [r for r in truth.rejected if r["reason_kind"] in ("num_sms_out_of_range", "invalid_unicode")]
+    assert sorted(r["reason"] for r in rejected if r["endpoint"] == "detail") == sorted(
+        {"num_sms_out_of_range": "numSMS out of range", "invalid_unicode": "text is not valid Unicode"}[r["reason_kind"]]
+        for r in poisoned) != []
+    # The summary count of 10^20 is stored as NULL (with its reason): the campaign and its messages load.
+    (summary_row,) = [r for r in rejected if r["endpoint"] == "summary"]
+    assert summary_row["reason"].endswith("out of range (stored as NULL)")
+    campaigns = {r["campaign_id"] for r in read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")}
+    assert summary_row["campaign_id"] in campaigns
+    expected = {(m["campaign_id"], m["recipient"]) for m in truth.messages}
+    assert _loaded_messages(tmp_path) >= expected and len(_loaded_messages(tmp_path)) > 0
+
+
+@pytest.mark.parametrize("mode", ["naive_dates", "odd_channel"])
+def test_a_campaign_whose_summary_cannot_be_typed_fails_the_day_instead_of_disappearing(good_day, mode):
+    _, data_dir, before = good_day
+    odd = start_simulator(now=LATER, **{mode: True})
+    try:
+        result = run(odd, data_dir)
+        truth = _truth(odd)
+    finally:
+        odd.stop()
+    (anomaly,) = [a for a in truth.anomalies if a["mode"] == mode]
+    assert not result.published and "campaigns:campaigns_placed" in result.failure
+    assert anomaly["campaign_id"] in result.failure or anomaly["campaign_id"] in json.dumps(
+        [c.metadata for c in result.checks])
+    assert snapshot(data_dir) == before
+    # Its details were fetched and landed (in the quarantined version), counted as rejected messages.
+    quarantine = data_dir / "lake" / "_quarantine" / f"date={DAY.isoformat()}" / "run=test-run"
+    import pyarrow.parquet as pq
+
+    rejected = pq.read_table(quarantine / "rejected_records-part-default.parquet").to_pylist()
+    detail_rows = [r for r in rejected if r["endpoint"] == "detail" and r["campaign_id"] == anomaly["campaign_id"]]
+    assert detail_rows and all(r["reason"].startswith("campaign summary rejected") for r in detail_rows)
+
+
+def test_a_duplicated_summary_entry_stores_and_checks_the_real_copy(tmp_path):
+    server = start_simulator(now=LATER, duplicate_summary=True)
+    try:
+        result = run(server, tmp_path)
+        truth = _truth(server)
+    finally:
+        server.stop()
+    assert result.published, result.failure
+    (anomaly,) = [a for a in truth.anomalies if a["mode"] == "duplicate_summary"]
+    rows = {r["campaign_id"]: r for r in read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")}
+    stored = rows[anomaly["campaign_id"]]
+    assert stored["campaign_name"] != "STALE" and stored["total_recipients"] > 1
+    assert rows.keys() == {c["campaign_id"] for c in truth.campaigns}
+
+
+def test_bom_bodies_load_and_their_landing_file_re_splits(tmp_path):
+    server = start_simulator(now=LATER, bom_bodies=True)
+    try:
+        fetched = run(server, tmp_path)
+        before = snapshot(tmp_path)
+        resplit = run(server, tmp_path, resplit=True)
+    finally:
+        server.stop()
+    assert fetched.published and resplit.published, (fetched.failure, resplit.failure)
+    assert snapshot(tmp_path) == before
