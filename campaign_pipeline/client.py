@@ -1,7 +1,10 @@
 """HTTP client for the CINNOX sent-campaigns Open API: pacing, bounded retries, paging, stats.
 
-The HTTP layer only (``requests``, ``orjson``, stdlib). The single retry loop lives in
-:meth:`CinnoxClient._get`; the single paging loop in :meth:`CinnoxClient._paginate`, whose stop
+The HTTP layer only (``requests``, ``urllib3``, ``orjson``, stdlib). The single retry loop lives in
+:meth:`CinnoxClient._get`; every attempt has a total deadline (connect, headers and the whole body:
+a timer shuts the connection down when it passes, so a server trickling bytes cannot stretch an
+attempt) and a body size cap (the body is read in chunks and refused at ``max_response_mb`` + 1
+byte, or at once from its ``Content-Length``); the single paging loop in :meth:`CinnoxClient._paginate`, whose stop
 rule makes a listing complete: a summary listing ends only at an empty page, a detail listing
 at an empty page or at a short page once it holds the campaign's ``totalRecipients`` rows. A
 page carries its ``records`` (the parsed ``result`` rows) and its ``body`` exactly as received.
@@ -17,12 +20,16 @@ message.
 from __future__ import annotations
 
 import email.utils
+import heapq
 import http.client
+import itertools
 import json
 import logging
 import math
+import os
 import random
 import re
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -33,7 +40,10 @@ from urllib.parse import quote, urlencode, urlsplit
 
 import orjson
 import requests
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
+import urllib3.poolmanager
 from requests.adapters import HTTPAdapter
 
 from campaign_pipeline import settings
@@ -83,6 +93,11 @@ _RETRIABLE_TRANSPORT_ERRORS = (
     urllib3.exceptions.DecodeError,
     http.client.IncompleteRead,
 )
+
+#: Bytes asked of the body per read: one read for a typical page (~150 KB), and the size cap and the
+#: deadline are checked between reads.
+_READ_CHUNK = 1 << 20
+_MB = 1 << 20
 
 
 # --------------------------------------------------------------------------------------------
@@ -316,6 +331,189 @@ def format_rfc3339(value: datetime) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Per-attempt deadline and body cap
+# --------------------------------------------------------------------------------------------
+
+_ACTIVE = threading.local()  # .deadline: the _Deadline of the attempt running on this thread
+
+
+class _Watchdog:
+    """One daemon thread that expires every attempt's :class:`_Deadline` in the process, earliest first.
+
+    Cheaper than a timer thread per attempt: adding a deadline is a heap push, and the thread is
+    woken only when the new deadline is the earliest. Finished deadlines are dropped when due.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._wakeup = threading.Condition(threading.Lock())
+        self._due: list[tuple[float, int, _Deadline]] = []
+        self._order = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, deadline: _Deadline) -> None:
+        """Expire ``deadline`` at its ``ends_at`` unless it is finished by then."""
+        with self._wakeup:
+            heapq.heappush(self._due, (deadline.ends_at, next(self._order), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="cinnox-deadlines", daemon=True)
+                self._thread.start()
+            elif self._due[0][2] is deadline:
+                self._wakeup.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._wakeup:
+                while not self._due or self._due[0][2].done:
+                    if self._due:
+                        heapq.heappop(self._due)
+                    else:
+                        self._wakeup.wait()
+                wait = self._due[0][0] - time.monotonic()
+                if wait > 0:
+                    self._wakeup.wait(wait)
+                    continue
+                due = heapq.heappop(self._due)[2]
+            due.expire()
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):  # a forked child has no watchdog thread, and maybe a held lock
+    os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+
+class _Deadline:
+    """The total deadline of one attempt: connect, request, headers and the whole body.
+
+    requests' read timeout applies to each socket read, so a server that sends a byte now and then
+    never trips it. At the deadline the :class:`_Watchdog` shuts down the socket the attempt is
+    using (registered by :class:`_WatchedConnection` as soon as it exists, and again from the
+    response), so a read blocked anywhere, headers included, returns at once and the attempt fails
+    as ``deadline``. Use it as a context manager around the attempt.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.ends_at = time.monotonic() + seconds
+        self.expired = False
+        self.done = False
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+
+    def __enter__(self) -> Self:
+        _ACTIVE.deadline = self
+        _WATCHDOG.add(self)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        _ACTIVE.deadline = None
+        with self._lock:  # after this, expiry can no longer touch a socket back in the pool
+            self.done = True
+            self._socket = None
+
+    def passed(self) -> bool:
+        """True once the deadline has passed (whether or not the timer has fired yet)."""
+        return self.expired or time.monotonic() >= self.ends_at
+
+    def watch(self, sock: object) -> None:
+        """Register the socket the attempt uses now; shut it down at once if the deadline has passed."""
+        if not isinstance(sock, socket.socket):
+            return
+        with self._lock:
+            if self.done:
+                return
+            self._socket = sock
+            if self.expired:
+                _shut_down(sock)
+
+    def expire(self) -> None:
+        """Mark the deadline passed and shut down the watched socket (the watchdog calls this)."""
+        with self._lock:
+            if self.done:
+                return
+            self.expired = True
+            if self._socket is not None:
+                _shut_down(self._socket)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Shut a socket down both ways (a blocked ``recv`` returns at once); ignore one already closed."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+
+
+def _watch_socket(sock: object) -> None:
+    """Hand ``sock`` to the deadline of the attempt running on this thread, if any."""
+    deadline = getattr(_ACTIVE, "deadline", None)
+    if deadline is not None:
+        deadline.watch(sock)
+
+
+class _WatchedConnection:
+    """Mixin for urllib3 connections: registers the socket with the running attempt's deadline when it
+    is created (TCP), once connected (TLS) and when a kept-alive connection is reused."""
+
+    def _new_conn(self) -> socket.socket:
+        sock = super()._new_conn()  # type: ignore[misc]
+        _watch_socket(sock)
+        return sock
+
+    def connect(self) -> None:
+        super().connect()  # type: ignore[misc]
+        _watch_socket(getattr(self, "sock", None))
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _watch_socket(getattr(self, "sock", None))
+        super().request(*args, **kwargs)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnection(_WatchedConnection, urllib3.connection.HTTPConnection):
+    pass
+
+
+class _WatchedHTTPSConnection(_WatchedConnection, urllib3.connection.HTTPSConnection):
+    pass
+
+
+class _WatchedHTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSConnectionPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+_WATCHED_POOLS = {"http": _WatchedHTTPConnectionPool, "https": _WatchedHTTPSConnectionPool}
+
+
+class _DeadlineAdapter(HTTPAdapter):
+    """An ``HTTPAdapter`` whose connections (direct or through an HTTP proxy) report their sockets to
+    the attempt's :class:`_Deadline`."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = _WATCHED_POOLS
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.poolmanager.PoolManager:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if manager.pool_classes_by_scheme is urllib3.poolmanager.pool_classes_by_scheme:  # not SOCKS
+            manager.pool_classes_by_scheme = _WATCHED_POOLS
+        return manager
+
+
+class _BodyTooLarge(Exception):
+    """The body is larger than the cap (raised while reading; never leaves the client)."""
+
+
+class _DeadlinePassed(Exception):
+    """The attempt's deadline passed between two body reads (never leaves the client)."""
+
+
+# --------------------------------------------------------------------------------------------
 # Client
 # --------------------------------------------------------------------------------------------
 
@@ -444,12 +642,17 @@ class CinnoxClient:
         token: ``CINNOX_APP_TOKEN`` (static bearer token).
         page_size: ``limit`` per page (the documented maximum is 500).
         connect_timeout / read_timeout: seconds, per attempt (``read_timeout`` is between bytes).
+        request_deadline: seconds one attempt may take in all (connect, headers, whole body);
+            ``None``: ``connect_timeout + read_timeout``. A deadline hit is retriable (``deadline``).
+        max_response_mb: largest body accepted, in MB of 2**20 bytes; a larger one is refused while
+            it is read (never buffered beyond the cap + 1 byte) as a retriable ``too_large``.
         max_attempts: attempts per call, first one included.
         backoff_base_s / backoff_max_s: full-jitter exponential backoff; also caps ``Retry-After``.
         rate_limit_per_min: request starts per minute; ``None``/0 disables pacing.
         ca_bundle: path of a CA bundle for private CAs; verification is never turned off.
         pool_size: connection pool size (match the number of fetch threads).
-        session: a pre-built session (its adapters are left alone).
+        session: a pre-built session (its adapters are left alone: the deadline then cuts the body
+            off, but a server trickling its headers is bounded only by its own adapters).
         sleep: called with the backoff delay; inject a recorder in tests.
         logger: where retry warnings go.
         rate_limiter: share one limiter between several clients (overrides ``rate_limit_per_min``).
@@ -464,6 +667,8 @@ class CinnoxClient:
         page_size: int = settings.PAGE_SIZE,
         connect_timeout: float = settings.DEFAULT_CONNECT_TIMEOUT_S,
         read_timeout: float = settings.DEFAULT_READ_TIMEOUT_S,
+        request_deadline: float | None = None,
+        max_response_mb: float = settings.DEFAULT_MAX_RESPONSE_MB,
         max_attempts: int = settings.DEFAULT_MAX_ATTEMPTS,
         backoff_base_s: float = settings.DEFAULT_BACKOFF_BASE_S,
         backoff_max_s: float = settings.DEFAULT_BACKOFF_MAX_S,
@@ -485,6 +690,10 @@ class CinnoxClient:
             raise ConfigError(f"max_attempts must be >= 1, got {max_attempts}")
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ConfigError("connect_timeout and read_timeout must be > 0 seconds")
+        if request_deadline is not None and not request_deadline > 0:
+            raise ConfigError(f"request_deadline must be > 0 seconds, got {request_deadline!r}")
+        if not max_response_mb > 0:
+            raise ConfigError(f"max_response_mb must be > 0, got {max_response_mb!r}")
         if backoff_base_s < 0 or backoff_max_s < 0:
             raise ConfigError("backoff_base_s and backoff_max_s must be >= 0 seconds")
 
@@ -496,6 +705,11 @@ class CinnoxClient:
         self.page_size = page_size
         self.connect_timeout = float(connect_timeout)
         self.read_timeout = float(read_timeout)
+        self.request_deadline = float(
+            request_deadline if request_deadline is not None else connect_timeout + read_timeout
+        )
+        self.max_response_mb = float(max_response_mb)
+        self.max_response_bytes = int(self.max_response_mb * _MB)
         self.max_attempts = int(max_attempts)
         self.backoff_base_s = float(backoff_base_s)
         self.backoff_max_s = float(backoff_max_s)
@@ -510,7 +724,7 @@ class CinnoxClient:
         self._owns_session = session is None
         if session is None:
             session = requests.Session()
-            adapter = HTTPAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
+            adapter = _DeadlineAdapter(pool_connections=pool_size, pool_maxsize=pool_size, max_retries=0)
             session.mount("https://", adapter)
             session.mount("http://", adapter)
             # Resolve proxy variables (HTTPS_PROXY, NO_PROXY...) once for our one host instead of
@@ -547,16 +761,18 @@ class CinnoxClient:
     def worst_case_retry_seconds(self) -> float:
         """Upper bound, in seconds, on the time one :meth:`get_json` call can take before it returns or raises.
 
-        ``max_attempts * (connect_timeout + read_timeout)`` for the attempts, plus
-        ``(max_attempts - 1) * backoff_max_s`` for the sleeps between them (jitter and
-        ``Retry-After`` are both capped at ``backoff_max_s``), plus one rate-limiter interval per
-        attempt. Assumes the server sends body bytes at least once per ``read_timeout`` (requests'
-        read timeout is per socket read) and that this thread is the only one waiting on the
-        limiter. With the defaults: 6 * (5 + 30) + 5 * 30 + 6 * 60/480 = 360.75 s.
+        ``max_attempts * request_deadline`` for the attempts, plus ``(max_attempts - 1) *
+        backoff_max_s`` for the sleeps between them (jitter and ``Retry-After`` are both capped at
+        ``backoff_max_s``), plus one rate-limiter interval per attempt. The deadline is total:
+        connect, headers and the whole body, however slowly the server sends them (at the deadline
+        the connection is shut down). Outside it: name resolution, a host whose several addresses
+        are each tried for up to ``connect_timeout``, milliseconds of scheduling per attempt, and
+        other threads waiting on the same limiter. With the defaults (deadline = 5 s connect + 30 s
+        read): 6 * 35 + 5 * 30 + 6 * 60/480 = 360.75 s.
         """
         attempts = self.max_attempts
         return (
-            attempts * (self.connect_timeout + self.read_timeout)
+            attempts * self.request_deadline
             + (attempts - 1) * self.backoff_max_s
             + attempts * self.rate_limiter.interval_s
         )
@@ -709,7 +925,8 @@ class CinnoxClient:
         ``body`` is the decoded JSON object, ``content`` the body as received.
         Retries (bounded by ``max_attempts``, full-jitter exponential backoff, ``Retry-After``
         honoured up to ``backoff_max_s``): HTTP 429 and 5xx, timeouts, connection resets, truncated
-        or non-JSON bodies, body code 6451010 / 6451001 under any status. Raises at once:
+        or non-JSON bodies, an attempt past its deadline (``deadline``), a body over the size cap
+        (``too_large``), body code 6451010 / 6451001 under any status. Raises at once:
         :class:`AuthError` (401/403), :class:`BadRequestError` (400, 6451000, other 4xx),
         :class:`FatalError` (other non-zero body codes, a request that cannot be built),
         :class:`PayloadError` (2xx non-object). Raises :class:`RetriesExhaustedError` when the
@@ -752,30 +969,66 @@ class CinnoxClient:
         )
 
     def _attempt(self, url: str, params: Mapping[str, Any], safe_url: str) -> tuple[dict, bytes]:
-        """One GET: ``(body, content)``, or raise the :class:`CinnoxError` the failure amounts to."""
+        """One GET: ``(body, content)``, or raise the :class:`CinnoxError` the failure amounts to.
+
+        The whole attempt runs under a :class:`_Deadline` of :attr:`request_deadline` seconds; the
+        body is read in chunks of at most :data:`_READ_CHUNK` bytes (one read for a typical page)
+        and refused once it holds more than :attr:`max_response_bytes`.
+        """
         failure: CinnoxError | None = None
-        try:
-            # stream=True and one read of the whole body: requests' chunked .content costs
-            # about 0.5 ms of CPU per 150 KB page, under the GIL.
-            response = self.session.get(
-                url,
-                params=dict(params),
-                headers=self._headers,
-                auth=self._auth,
-                timeout=(self.connect_timeout, self.read_timeout),
-                verify=self.verify,
-                stream=True,
-            )
+        response: requests.Response | None = None
+        answered: requests.Response | None = None  # the response if its headers came in time
+        with _Deadline(self.request_deadline) as deadline:
             try:
-                content = _read_body(response)
-            finally:
-                response.close()
-        except _RETRIABLE_TRANSPORT_ERRORS + (requests.exceptions.RequestException, ValueError) as exc:
-            failure = self._transport_error(exc, safe_url)
+                response = self.session.get(
+                    url,
+                    params=dict(params),
+                    headers=self._headers,
+                    auth=self._auth,
+                    timeout=(min(self.connect_timeout, self.request_deadline), self.read_timeout),
+                    verify=self.verify,
+                    stream=True,
+                )
+                # headers cut off at the deadline can parse as a complete (shorter) header block
+                answered = None if deadline.passed() else response
+                try:
+                    # a session of the caller's has no watched connections: watch the body at least
+                    deadline.watch(getattr(getattr(response.raw, "connection", None), "sock", None))
+                    content = _read_body(response, deadline, self.max_response_bytes)
+                finally:
+                    response.close()  # a body not read to its end closes the connection
+            except _BodyTooLarge:
+                failure = RetriableError(
+                    f"response body larger than {self.max_response_mb:g} MB (CINNOX_MAX_RESPONSE_MB)",
+                    status=response.status_code if response is not None else None,
+                    url=safe_url,
+                    kind="too_large",
+                )
+            except (_DeadlinePassed, *_RETRIABLE_TRANSPORT_ERRORS, requests.exceptions.RequestException,
+                    ValueError) as exc:
+                if isinstance(exc, _DeadlinePassed) or deadline.passed():
+                    failure = self._deadline_error(answered, safe_url)
+                else:
+                    failure = self._transport_error(exc, safe_url)
+            if failure is None and deadline.expired:
+                # the timer fired while the body was read: it may have been cut off at a socket EOF
+                failure = self._deadline_error(answered, safe_url)
         if failure is not None:
             raise failure  # outside the handler, so the requests exception is not its __context__
+        assert response is not None
         self.stats.add(nbytes=len(content))
         return self._classify(response, content, safe_url), content
+
+    def _deadline_error(self, response: requests.Response | None, url: str) -> RetriableError:
+        """The retriable ``deadline`` error of an attempt that ran out of time (``response``: the
+        answer whose headers came in time, whose status the error then carries)."""
+        return RetriableError(
+            f"no complete response within the {self.request_deadline:g} s request deadline "
+            "(CINNOX_REQUEST_DEADLINE_S)",
+            status=response.status_code if response is not None else None,
+            url=url,
+            kind="deadline",
+        )
 
     # -- paging ---------------------------------------------------------------------------------
 
@@ -891,11 +1144,30 @@ class CinnoxClient:
                               until_empty=False, expected_rows=expected_rows)
 
 
-def _read_body(response: requests.Response) -> bytes:
-    """The whole body of a ``stream=True`` response in one read, with the errors requests' own
-    ``.content`` raises for a truncated, undecodable or stalled body."""
+def _read_body(response: requests.Response, deadline: _Deadline, max_bytes: int) -> bytes:
+    """The body of a ``stream=True`` response, read in chunks, with the errors requests' own
+    ``.content`` raises for a truncated, undecodable or stalled body.
+
+    Raises :class:`_BodyTooLarge` when ``Content-Length`` announces more than ``max_bytes`` (before
+    reading anything) or once ``max_bytes + 1`` bytes have arrived (never more is held), and
+    :class:`_DeadlinePassed` when the deadline has passed between two reads.
+    """
+    announced = (response.headers.get("Content-Length") or "").strip()
+    if announced.isdigit() and int(announced) > max_bytes:
+        raise _BodyTooLarge
+    chunks: list[bytes] = []
+    held = 0
     try:
-        return response.raw.read(decode_content=True)
+        while True:
+            chunk = response.raw.read(min(_READ_CHUNK, max_bytes + 1 - held), decode_content=True)
+            if not chunk:
+                return b"".join(chunks)  # a single chunk is returned as it is, without a copy
+            chunks.append(chunk)
+            held += len(chunk)
+            if held > max_bytes:
+                raise _BodyTooLarge
+            if deadline.passed():
+                raise _DeadlinePassed
     except urllib3.exceptions.ProtocolError as exc:
         raise requests.exceptions.ChunkedEncodingError(exc) from exc
     except urllib3.exceptions.DecodeError as exc:

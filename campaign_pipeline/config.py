@@ -13,8 +13,9 @@ the same declaration, so they cannot disagree. ``settings_help()`` prints the ta
     CINNOX_APP_TOKEN          the app's token, a secret          (required for cinnox)
     CAMPAIGN_APPS             optional: several CINNOX apps, e.g. "hk,sg"; app K then reads
                               CINNOX_K_BASE_URL, CINNOX_K_APP_ID, CINNOX_K_APP_TOKEN (K upper-cased)
-    CINNOX_CA_BUNDLE, CINNOX_RATE_LIMIT_PER_MIN, CINNOX_READ_TIMEOUT_S, CINNOX_MAX_ATTEMPTS,
-    CINNOX_BACKOFF_MAX_S      the HTTP client
+    CINNOX_CA_BUNDLE, CINNOX_RATE_LIMIT_PER_MIN, CINNOX_READ_TIMEOUT_S, CINNOX_REQUEST_DEADLINE_S,
+    CINNOX_MAX_RESPONSE_MB, CINNOX_MAX_ATTEMPTS, CINNOX_BACKOFF_MAX_S
+                              the HTTP client
     CAMPAIGN_DATA_DIR, CAMPAIGN_LAKE_URI, AWS_ENDPOINT_URL, AWS_REGION (or AWS_DEFAULT_REGION)
                               where the data lands
     CAMPAIGN_PARTITION_START, CAMPAIGN_PARTITION_TZ, CAMPAIGN_LOOKBACK_DAYS, CAMPAIGN_FETCH_WORKERS,
@@ -243,6 +244,11 @@ def _default_region(values: Mapping[str, Any]) -> str | None:
     return values.get("AWS_DEFAULT_REGION")
 
 
+def _default_request_deadline(values: Mapping[str, Any]) -> float:
+    read_timeout = values.get("CINNOX_READ_TIMEOUT_S") or settings.DEFAULT_READ_TIMEOUT_S
+    return settings.DEFAULT_CONNECT_TIMEOUT_S + read_timeout
+
+
 _CINNOX = ("CAMPAIGN_SOURCE", SOURCE_CINNOX)
 _MISSING_CINNOX = ("{names} {is} not set; set {it} (see .env.example) or use CAMPAIGN_SOURCE=simulator "
                    "for the built-in simulator")
@@ -275,6 +281,18 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CINNOX_READ_TIMEOUT_S", _number(0, 3600, _SECONDS, low_open=True),
             settings.DEFAULT_READ_TIMEOUT_S, attr="read_timeout_s", shown_default="30",
             help="per-request read timeout (between bytes)"),
+    Setting("CINNOX_REQUEST_DEADLINE_S", _number(0, 3600, _SECONDS, low_open=True), _default_request_deadline,
+            attr="request_deadline_s",
+            shown_default=f"{settings.DEFAULT_CONNECT_TIMEOUT_S:g} + CINNOX_READ_TIMEOUT_S "
+                          f"({settings.DEFAULT_CONNECT_TIMEOUT_S + settings.DEFAULT_READ_TIMEOUT_S:g})",
+            help="total time one attempt may take: connect, headers and the whole body, however slowly "
+                 "the server sends them (then retried)"),
+    Setting("CINNOX_MAX_RESPONSE_MB",
+            _number(0, 4096, "a number of megabytes above 0 and up to 4096", low_open=True),
+            settings.DEFAULT_MAX_RESPONSE_MB, attr="max_response_mb",
+            shown_default=f"{settings.DEFAULT_MAX_RESPONSE_MB:g}",
+            help="largest response body accepted (MB = 2**20 bytes); a larger one is refused while it is "
+                 "read (then retried)"),
     Setting("CINNOX_MAX_ATTEMPTS", _number(1, 100, "a whole number between 1 and 100", integer=True),
             settings.DEFAULT_MAX_ATTEMPTS, attr="max_attempts", help="attempts per request (retries + 1)"),
     Setting("CINNOX_BACKOFF_MAX_S", _number(0, 3600, _SECONDS, low_open=True),
@@ -377,6 +395,8 @@ class PipelineConfig:
     pii_mode: str
     pii_salt: str | None = field(repr=False)
     read_timeout_s: float
+    request_deadline_s: float
+    max_response_mb: float
     max_attempts: int
     backoff_max_s: float
     sim_campaigns_per_day: int
@@ -399,6 +419,8 @@ class PipelineConfig:
             "rate_limit_per_min": self.rate_limit_per_min,
             "ca_bundle": self.ca_bundle,
             "read_timeout": self.read_timeout_s,
+            "request_deadline": self.request_deadline_s,
+            "max_response_mb": self.max_response_mb,
             "max_attempts": self.max_attempts,
             "backoff_max_s": self.backoff_max_s,
         }

@@ -14,6 +14,11 @@ A re-split (``resplit=True``) reads the landed file instead of the API. Each day
 :class:`DayResult` as soon as it is done, so a front end reports it at once. An app's run stops
 at its first failed day; the other apps still run. Nothing here imports Dagster.
 
+An interrupt (``KeyboardInterrupt``, or the CLI's SIGTERM handler raising one) stops a run at
+once: the detail fetchers are daemon threads that stop between pages and are never waited for,
+the day's staged files are discarded (or, if the process dies first, reclaimed by the lake's
+orphan-temp cleanup), and the day is never committed, so the published days stay as they were.
+
 Logs carry counts, partition keys and campaign ids only: never phone numbers, bodies or tokens.
 """
 
@@ -22,11 +27,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -40,11 +45,11 @@ from campaign_pipeline.config import (
     prepare_data_dir,
     recipient_hasher,
 )
-from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError
+from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError, storage_error
 from campaign_pipeline.lake import Lake, StagedFile
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
-from campaign_pipeline.warehouse import Warehouse
+from campaign_pipeline.warehouse import DEFAULT_LOCK_TIMEOUT_S, DEFAULT_OPEN_TIMEOUT_S, Warehouse
 from campaign_pipeline.windows import PartitionWindow
 
 progress_log = logging.getLogger("campaign_pipeline.progress")
@@ -116,11 +121,20 @@ class DayResult:
 class RunOptions:
     """How a run treats its days: ``resplit`` reads the landed files instead of the API;
     ``allow_shrink`` lets a re-load publish fewer campaigns or messages than the published
-    version; ``run_id`` names the run's quarantined versions."""
+    version; ``run_id`` names the run's quarantined versions; ``lock_wait_s`` bounds the wait
+    for a warehouse another process holds (``None``: 1800 s for another pipeline writer, 120 s
+    for any other DuckDB connection)."""
 
     resplit: bool = False
     allow_shrink: bool = False
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}")
+    lock_wait_s: float | None = None
+
+    def warehouse(self, path: Path) -> Warehouse:
+        """The run's warehouse at ``path``, with the run's lock waits."""
+        if self.lock_wait_s is None:
+            return Warehouse(path, DEFAULT_LOCK_TIMEOUT_S, DEFAULT_OPEN_TIMEOUT_S)
+        return Warehouse(path, self.lock_wait_s, self.lock_wait_s)
 
 
 def day_windows(start: date, end: date, tz_name: str) -> list[PartitionWindow]:
@@ -146,7 +160,7 @@ def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow]
     options = options or RunOptions()
     prepare_data_dir(cfg)
     lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
-    warehouse = Warehouse(cfg.warehouse_path)
+    warehouse = options.warehouse(cfg.warehouse_path)
     with contextlib.ExitStack() as stack:
         client = None if options.resplit else stack.enter_context(open_client(cfg, app, log))
         for number, window in enumerate(windows, start=1):
@@ -196,8 +210,9 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
             result.failure = (f"blocking check failed ({names}); not published, the previous version is kept; "
                               f"this version is quarantined in {where}")
     except Exception as error:  # noqa: BLE001 -- a failed day is a result; the front ends decide
-        result.error = error
-        result.failure = _one_line(error)
+        # A full disk or read-only location says so, whichever layer (lake, Arrow, DuckDB) hit it.
+        result.error = storage_error(error, cfg.lake_root) or error
+        result.failure = _one_line(result.error)
     finally:
         for file in staged:
             file.discard()  # no-op for committed files
@@ -261,6 +276,7 @@ def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: Partition
         log.info("%s: %d campaigns listed, %d in the day; fetching their details", window.key,
                  landed.campaigns_listed, landed.campaigns_in_window)
         write_lock = threading.Lock()
+        stop = threading.Event()
         done = 0
 
         def fetch_campaign(history_id: str) -> None:
@@ -271,6 +287,8 @@ def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: Partition
             for page in client.iter_detail_pages(history_id, sys.maxsize if expected is None else expected):
                 page_records = hasher.redact_page(page.records) if hasher is not None else page.records
                 with write_lock:
+                    if stop.is_set():  # the day was abandoned: its writer may be closed already
+                        return
                     if hasher is None:
                         writer.write_response("detail", history_id, page.offset, page.body, page.row_count)
                     else:
@@ -281,22 +299,70 @@ def land_day(client: CinnoxClient, lake: Lake, app: AppConfig, window: Partition
                 done += 1
                 log.debug("%s: fetched campaign %d/%d", window.key, done, len(campaign_ids))
 
-        if campaign_ids:
-            with ThreadPoolExecutor(max_workers=max(1, min(workers, len(campaign_ids))),
-                                    thread_name_prefix="cinnox-detail") as pool:
-                futures = [pool.submit(fetch_campaign, cid) for cid in campaign_ids]
-                try:
-                    for future in as_completed(futures):
-                        future.result()
-                except BaseException:
-                    for future in futures:
-                        future.cancel()  # queued campaigns; running ones finish their current request
-                    raise
+        try:
+            _run_on_daemon_threads(fetch_campaign, campaign_ids, workers, stop, "cinnox-detail")
+        except BaseException:
+            with write_lock:  # no fetcher writes a page once the writer starts closing
+                stop.set()
+            raise
         landed.pages, landed.records = writer.pages, writer.records
     after = client.stats.as_dict()
     landed.requests = {key: round(after[key] - before.get(key, 0), 3)
                        for key in after if isinstance(after[key], (int, float))}
     return landed, writer.staged
+
+
+def _run_on_daemon_threads(task: Callable[[str], None], items: Iterable[str], workers: int,
+                           stop: threading.Event, name: str) -> None:
+    """Call ``task(item)`` for every item, ``workers`` at a time, on daemon threads; raise the
+    first failure. On a failure the other tasks stop after their current page (``stop`` is set)
+    and are waited for; on an interrupt (``KeyboardInterrupt``, ``SystemExit``) nothing is waited
+    for: a thread blocked in a slow request must not hold up the process's exit, and a daemon
+    thread dies with it. (A ``ThreadPoolExecutor`` joins its threads at exit, however it is shut down.)"""
+    todo: queue.SimpleQueue[str] = queue.SimpleQueue()
+    for item in items:
+        todo.put(item)
+    count = todo.qsize()
+    if count == 0:
+        return
+    outcomes: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                item = todo.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                task(item)
+            except BaseException as error:  # noqa: BLE001 -- handed to the waiting thread
+                outcomes.put(error)
+                return
+            outcomes.put(None)
+
+    threads = [threading.Thread(target=work, name=f"{name}-{n}", daemon=True)
+               for n in range(max(1, min(workers, count)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in range(count):
+            while True:
+                try:
+                    error = outcomes.get(timeout=0.5)  # wakes up for signals on every platform
+                    break
+                except queue.Empty:
+                    if not any(thread.is_alive() for thread in threads) and outcomes.empty():
+                        raise RuntimeError(f"{name} threads ended without finishing their work") from None
+            if error is not None:
+                raise error
+    except Exception:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        raise
+    except BaseException:
+        stop.set()
+        raise
 
 
 def split_day(lake: Lake, app: AppConfig, window: PartitionWindow) -> DayTables:

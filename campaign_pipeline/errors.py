@@ -5,7 +5,14 @@
     CampaignPipelineError                  base of everything we raise
     ├── ConfigError                        bad configuration or date range; one line that says how to fix it
     ├── WarehouseError                     the warehouse is unreachable or its schema disagrees with the
-    │                                      declared Arrow schemas
+    │   │                                  declared Arrow schemas
+    │   ├── WarehouseLockedError           another process holds the warehouse (DuckDB's lock, or the
+    │   │                                  pipeline's writer lock) past the wait allowed
+    │   └── WarehouseUnusableError         the file is not a DuckDB database, or DuckDB cannot open it
+    │                                      (corrupt, truncated); DuckDB's own words, on one line
+    ├── StorageError                       a write failed for lack of room or permission: .reason is
+    │                                      "full" (ENOSPC, EDQUOT, EFBIG) or "read-only" (EROFS, EACCES,
+    │                                      EPERM); the published days are unchanged
     ├── LandingMissingError                a re-split was asked for a day that was never landed
     ├── LandingCorruptError                a landing file is empty, truncated or fails its checksum
     └── CinnoxError                        anything from the CINNOX API: .status, .code, .cinnox_message,
@@ -26,9 +33,15 @@ the sanitized request (path and whitelisted query, never the token), e.g.::
     CINNOX 400 code=6451000 "endAt is prior to startAt" on GET /v1/api/apps/x/data/sent-campaigns-summary
 
 Only :mod:`campaign_pipeline.client` builds ``CinnoxError`` instances; it never hands them the token.
+
+:func:`error_kind` names the class of any failure (``lock_held``, ``warehouse_unusable``,
+``storage_full``, ``storage_read_only``, ``config``, ``failed``): the CLI maps it to an exit code,
+the Dagster step records it in its failure's metadata.
 """
 
 from __future__ import annotations
+
+import errno
 
 __all__ = [
     "AuthError",
@@ -42,8 +55,13 @@ __all__ = [
     "PayloadError",
     "RetriableError",
     "RetriesExhaustedError",
+    "StorageError",
     "ThrottledError",
     "WarehouseError",
+    "WarehouseLockedError",
+    "WarehouseUnusableError",
+    "error_kind",
+    "storage_error",
 ]
 
 
@@ -65,6 +83,26 @@ class ConfigError(CampaignPipelineError):
 
 class WarehouseError(CampaignPipelineError):
     """The warehouse is unreachable or its schema disagrees with the declared Arrow schemas."""
+
+
+class WarehouseLockedError(WarehouseError):
+    """Another process holds the warehouse longer than this one may wait."""
+
+
+class WarehouseUnusableError(WarehouseError):
+    """The warehouse file is not a DuckDB database, or DuckDB cannot open it (corrupt, truncated)."""
+
+
+class StorageError(CampaignPipelineError):
+    """A write failed because the disk is full (``reason="full"``) or the location is read-only
+    (``reason="read-only"``). Raised before anything was published, so readers keep every day."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(_one_line(message))
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.reason))
 
 
 class LandingMissingError(CampaignPipelineError):
@@ -246,3 +284,72 @@ class RetriesExhaustedError(CinnoxError):
 def _rebuild_exhausted(attempts: int, elapsed_s: float, last_error: RetriableError) -> RetriesExhaustedError:
     """Unpickle helper for :class:`RetriesExhaustedError`."""
     return RetriesExhaustedError(attempts=attempts, elapsed_s=elapsed_s, last_error=last_error)
+
+
+# errno values and the texts libraries put in their messages when they drop the errno (DuckDB, Arrow).
+_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_READ_ONLY_ERRNOS = {errno.EROFS, errno.EACCES, errno.EPERM}
+_FULL_TEXTS = ("no space left on device", "disk quota exceeded", "file too large")
+_READ_ONLY_TEXTS = ("read-only file system", "permission denied", "operation not permitted")
+
+
+def _storage_reason(error: BaseException) -> str | None:
+    """"full", "read-only" or None for one exception (not its chain)."""
+    number = getattr(error, "errno", None) if isinstance(error, OSError) else None
+    if number in _FULL_ERRNOS:
+        return "full"
+    if number in _READ_ONLY_ERRNOS:
+        return "read-only"
+    if isinstance(error, CampaignPipelineError) and not isinstance(error, StorageError):
+        return None  # our own messages quote paths and hints, not OS errors
+    text = str(error).lower()
+    if any(marker in text for marker in _FULL_TEXTS):
+        return "full"
+    if (isinstance(error, OSError) or type(error).__module__.startswith(("duckdb", "_duckdb", "pyarrow"))) and any(
+            marker in text for marker in _READ_ONLY_TEXTS):
+        return "read-only"
+    return None
+
+
+def _chain(error: BaseException):
+    """``error`` and its causes and contexts, innermost last, each once."""
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def storage_error(error: BaseException, where: object) -> StorageError | None:
+    """A :class:`StorageError` naming ``where`` (the disk's directory) if ``error``, or anything
+    in its cause/context chain, is a full disk or a read-only location; else ``None``."""
+    if isinstance(error, StorageError):
+        return error
+    for link in _chain(error):
+        reason = _storage_reason(link)
+        if reason is not None:
+            detail = _one_line(link if not isinstance(link, OSError) or not link.strerror
+                               else f"{link.strerror}: {link.filename}" if link.filename else link.strerror)
+            if reason == "full":
+                message = (f"the disk holding {where} is full ({detail}); free space and rerun: "
+                           "the published days are unchanged")
+            else:
+                message = (f"{where} is read-only ({detail}); make it writable or point CAMPAIGN_DATA_DIR elsewhere: "
+                           "the published days are unchanged")
+            return StorageError(message, reason)
+    return None
+
+
+def error_kind(error: BaseException) -> str:
+    """The class of a failure, for exit codes and metadata: ``lock_held``, ``warehouse_unusable``,
+    ``storage_full``, ``storage_read_only``, ``config`` or ``failed``."""
+    if isinstance(error, WarehouseLockedError):
+        return "lock_held"
+    if isinstance(error, WarehouseUnusableError):
+        return "warehouse_unusable"
+    storage = storage_error(error, "")
+    if storage is not None:
+        return "storage_full" if storage.reason == "full" else "storage_read_only"
+    if isinstance(error, ConfigError):
+        return "config"
+    return "failed"

@@ -7,8 +7,11 @@ Usage::
                              [--format table|csv|json] [--chart PATH.png]
 
 ``--start``/``--end`` are inclusive partition days; without them the report covers the latest 7
-loaded days. The warehouse is opened read-only, so a report works while a backfill writes.
-Exit codes: 0 success, 1 the warehouse could not be read, 2 bad input or configuration.
+loaded days. The warehouse is opened read-only, so a report works while a backfill writes
+(and on a read-only data dir). Exit codes, as for every command (:mod:`campaign_pipeline.cli`):
+0 success, 1 no warehouse yet or its views are out of date, 2 bad input or configuration, 3 the
+warehouse is unusable (not DuckDB, corrupt, truncated), 4 storage unreadable, 75 another process
+held the warehouse longer than ``--lock-wait``.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ from campaign_pipeline import reporting
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_DAYS = 7
+EXIT_CODES_EPILOG = ("Exit codes: 0 success, 1 no warehouse yet or its views are out of date, 2 bad input or "
+                     "configuration, 3 the warehouse is unusable (not DuckDB, corrupt, truncated), 4 storage "
+                     "unreadable, 75 another process held the warehouse longer than --lock-wait.")
 
 
 def register(subparsers) -> None:
@@ -32,7 +38,7 @@ def register(subparsers) -> None:
         "report",
         help="delivery counts and rates from the warehouse (read-only)",
         description="Delivery counts and rates from the warehouse, opened read-only (works while a backfill runs).",
-        epilog="Exit codes: 0 success, 1 the warehouse could not be read, 2 bad input or configuration.",
+        epilog=EXIT_CODES_EPILOG,
     )
     report.add_argument("--start", metavar="YYYY-MM-DD", help="first partition day (default: 6 days before --end)")
     report.add_argument("--end", metavar="YYYY-MM-DD",
@@ -42,6 +48,9 @@ def register(subparsers) -> None:
     report.add_argument("--format", choices=reporting.FORMATS, default="table", dest="output_format",
                         help="table (aligned, rates as percentages), csv or json (rates as fractions)")
     report.add_argument("--chart", metavar="PATH.png", help="also write the daily delivery-rate trend per channel")
+    from campaign_pipeline.cli import add_lock_wait_argument
+
+    add_lock_wait_argument(report, "120")
     report.set_defaults(func=cmd_report)
 
 
@@ -61,9 +70,10 @@ def _day(text: str | None, option: str) -> date | None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the report for the range; optionally write the trend chart. Returns the exit code."""
+    from campaign_pipeline.cli import exit_code_for
     from campaign_pipeline.config import PipelineConfig
-    from campaign_pipeline.errors import ConfigError
-    from campaign_pipeline.warehouse import Warehouse, WarehouseError
+    from campaign_pipeline.errors import ConfigError, WarehouseError, WarehouseUnusableError
+    from campaign_pipeline.warehouse import DEFAULT_OPEN_TIMEOUT_S, Warehouse
 
     try:
         start, end = _day(args.start, "--start"), _day(args.end, "--end")
@@ -82,8 +92,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _error(str(error), EXIT_BAD_INPUT)
 
+    wait = DEFAULT_OPEN_TIMEOUT_S if getattr(args, "lock_wait", None) is None else args.lock_wait
     try:
-        with Warehouse(config.warehouse_path).reader() as con:
+        with Warehouse(config.warehouse_path, open_timeout_s=wait).reader() as con:
             if end is None:
                 (latest,) = con.execute("SELECT max(partition_date) FROM delivery_rates_daily").fetchone()
                 end = latest or start or date.today()
@@ -94,11 +105,15 @@ def cmd_report(args: argparse.Namespace) -> int:
             header, rows = reporting.rate_report(con, args.by, start, end)
             series = reporting.delivery_rate_series(con, start, end) if chart is not None else None
     except WarehouseError as error:
-        return _error(str(error), EXIT_FAILED)
+        return _error(str(error), exit_code_for(error))
     except (duckdb.CatalogException, duckdb.BinderException) as error:
         # A warehouse written by an older version: views are recreated whenever a writer opens it.
         return _error(f"the warehouse's views are out of date ({str(error).splitlines()[0]}); "
                       "run any backfill to recreate them", EXIT_FAILED)
+    except duckdb.Error as error:  # a block that fails its checksum or cannot be read, met while querying
+        unusable = WarehouseUnusableError(f"DuckDB cannot read the warehouse {config.warehouse_path}: "
+                                          f"{' '.join(str(error).split())}")
+        return _error(str(unusable), exit_code_for(unusable))
 
     print(reporting.format_report(header, rows, args.output_format))
     if not rows:

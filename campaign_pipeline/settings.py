@@ -44,6 +44,10 @@ DEFAULT_READ_TIMEOUT_S = 30.0
 DEFAULT_MAX_ATTEMPTS = 6
 DEFAULT_BACKOFF_BASE_S = 0.5
 DEFAULT_BACKOFF_MAX_S = 30.0
+# One attempt's total deadline (connect, headers, whole body) defaults to connect + read timeout, so the
+# documented worst-case bound of a call keeps its value and now holds against a server trickling bytes.
+# A body above this many MB (2**20 bytes) is refused while it is read.
+DEFAULT_MAX_RESPONSE_MB = 50.0
 # Fetch threads also parse their pages, so beyond the machine's cores they only add contention
 # and memory (each holds an open campaign): measured on 2 cores against a fast API, 2 threads
 # were as fast as 4 and faster than 8. One thread per usable core, 2 to 8. Raise it when the

@@ -5,6 +5,12 @@ concurrent backfills wait for each other instead of failing with "database is lo
 partition is replaced in one transaction across all tables (delete that day, insert the new
 rows), so a reader sees the old or the new day, never half of one. Values are always bound
 parameters; identifiers come only from :mod:`campaign_pipeline.schemas`.
+
+Failures to open or write say what happened (:mod:`campaign_pipeline.errors`): a lock held past
+the wait allowed is :class:`WarehouseLockedError`; a file that is not DuckDB's, or that DuckDB
+cannot open (corrupt, truncated), is :class:`WarehouseUnusableError` with DuckDB's own words; a
+full disk or a read-only location (on open, insert or COMMIT) is :class:`StorageError`, raised
+after the transaction is rolled back, so a failing rollback never hides it.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -21,10 +28,16 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 from filelock import FileLock
+from filelock import Timeout as FileLockTimeout
 
 from campaign_pipeline import schemas
 from campaign_pipeline.crashpoints import crash_point
-from campaign_pipeline.errors import WarehouseError
+from campaign_pipeline.errors import (
+    WarehouseError,
+    WarehouseLockedError,
+    WarehouseUnusableError,
+    storage_error,
+)
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +58,11 @@ _DUCKDB_MAGIC = (8, b"DUCK")  # offset and bytes of DuckDB's file header
 class Warehouse:
     """A DuckDB file plus the lock that serializes its writers."""
 
-    def __init__(self, path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S):
+    def __init__(self, path: str | Path, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                 open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S):
         self.path = Path(path)
         self.lock_timeout_s = lock_timeout_s
+        self.open_timeout_s = open_timeout_s
         self._lock = FileLock(str(self.path) + ".lock", timeout=lock_timeout_s, thread_local=False)
 
     def __repr__(self) -> str:
@@ -57,16 +72,33 @@ class Warehouse:
     def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """An exclusive read-write connection (tables and views prepared), held only for the
         duration of the block; closing it checkpoints."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            self._create_if_missing()
-            _require_duckdb_file(self.path)
-            con = _connect_with_retry(str(self.path), read_only=False, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+        except FileLockTimeout:
+            raise WarehouseLockedError(
+                f"could not lock the warehouse {self.path} for writing within {self.lock_timeout_s:.0f}s: "
+                f"another pipeline process holds {self._lock.lock_file}; retry when it finishes"
+            ) from None
+        except OSError as error:
+            raise _storage_or(error, self.path.parent) from error
+        try:
             try:
-                prepare(con)
+                self._create_if_missing()
+            except (OSError, duckdb.Error) as error:
+                raise _storage_or(error, self.path.parent) from error
+            _require_duckdb_file(self.path)
+            con = _connect_with_retry(str(self.path), read_only=False, timeout_s=self.open_timeout_s)
+            try:
+                try:
+                    prepare(con)
+                except duckdb.Error as error:
+                    raise _translate(error, self.path) from error
                 yield con
             finally:
-                con.close()
+                _close(con)
+        finally:
+            self._lock.release()
 
     def _create_if_missing(self) -> None:
         """Build a new warehouse under a hidden temporary name and rename it into place, so a
@@ -85,12 +117,14 @@ class Warehouse:
         os.replace(temp, self.path)
 
     @contextmanager
-    def reader(self, timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A read-only connection; waits (up to ``timeout_s``) while a writer holds the file."""
+    def reader(self, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection; waits (up to ``timeout_s``, default the warehouse's
+        ``open_timeout_s``) while a writer holds the file."""
         if not self.path.exists():
             raise WarehouseError(f"no warehouse at {self.path}; run a backfill first (campaign-pipeline backfill ...)")
         _require_duckdb_file(self.path)
-        con = _connect_with_retry(str(self.path), read_only=True, timeout_s=timeout_s)
+        con = _connect_with_retry(str(self.path), read_only=True,
+                                  timeout_s=self.open_timeout_s if timeout_s is None else timeout_s)
         try:
             yield con
         finally:
@@ -122,13 +156,17 @@ class Warehouse:
                     inserted[name] = _insert(con, spec, rows)
                 publish = audit(con) if audit is not None else True
                 crash_point("warehouse_before_commit")
+                if publish:
+                    con.execute("COMMIT")
+            except duckdb.Error as error:
+                _rollback(con)
+                raise _translate(error, self.path) from error
             except BaseException:
                 _rollback(con)
                 raise
             if not publish:
                 _rollback(con)
                 return inserted, False
-            con.execute("COMMIT")
         return inserted, True
 
 
@@ -152,11 +190,47 @@ def _insert(con: duckdb.DuckDBPyConnection, spec: schemas.TableSpec, rows) -> in
 def _require_duckdb_file(path: Path) -> None:
     """Refuse a file that is not a DuckDB database (before DuckDB guesses its format)."""
     offset, magic = _DUCKDB_MAGIC
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        if handle.read(len(magic)) != magic:
-            raise WarehouseError(f"{path} is not a DuckDB database (wrong file header); "
-                                 "point CAMPAIGN_DATA_DIR at the data dir a backfill wrote")
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            header = handle.read(len(magic))
+    except OSError as error:
+        raise _storage_or(error, path) from error
+    if header != magic:
+        raise WarehouseUnusableError(f"{path} is not a DuckDB database (wrong file header); "
+                                     "point CAMPAIGN_DATA_DIR at the data dir a backfill wrote")
+
+
+def _storage_or(error: BaseException, where: Path) -> BaseException:
+    """``error`` as a :class:`StorageError` (full disk, read-only location) if it is one, else itself."""
+    return storage_error(error, where) or error
+
+
+_DAMAGED = re.compile(r"corrupt database file|could not read enough bytes|not a valid duckdb database",
+                      re.IGNORECASE)
+
+
+def _translate(error: duckdb.Error, path: Path) -> BaseException:
+    """A DuckDB error met while using the warehouse at ``path``: a full disk or read-only location
+    as :class:`StorageError`, a damaged file as :class:`WarehouseUnusableError`, else unchanged."""
+    storage = storage_error(error, path.parent)
+    if storage is not None:
+        return storage
+    text = " ".join(str(error).split())
+    if _DAMAGED.search(text):
+        return WarehouseUnusableError(f"DuckDB cannot read the warehouse {path}: {text}; {_DAMAGED_HINT}")
+    return error
+
+
+def _close(con: duckdb.DuckDBPyConnection) -> None:
+    """Close (and so checkpoint) a connection. A failing checkpoint loses nothing -- committed
+    transactions are in the WAL, replayed on the next open -- and must not replace the error, if
+    any, that ends the block."""
+    try:
+        con.close()
+    except duckdb.Error as error:
+        log.warning("closing the warehouse failed (%s); committed days stay in its WAL",
+                    " ".join(str(error).split()))
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
@@ -226,17 +300,37 @@ def _normalize_type(kind: str) -> str:
     return {"TIMESTAMP WITH TIME ZONE": "TIMESTAMPTZ"}.get(kind, kind)
 
 
+_DAMAGED_HINT = ("restore it from a backup, or move it aside and re-split the landed days "
+                 "(backfill --resplit) to rebuild it")
+_LOCK_CONFLICT = re.compile(r"could not set lock|conflicting lock", re.IGNORECASE)
+_LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")
+
+
 def _connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+    """Open ``path``, retrying while another process holds DuckDB's lock (up to ``timeout_s``).
+    Any other failure is raised at once: a full disk or read-only location as
+    :class:`StorageError`, anything else DuckDB refuses (corrupt, truncated) as
+    :class:`WarehouseUnusableError` with DuckDB's message on one line."""
     deadline = time.monotonic() + timeout_s
     delay = 0.05
     while True:
         try:
             return duckdb.connect(path, read_only=read_only, config={} if read_only else WRITER_CONFIG)
-        except duckdb.IOException as error:
-            if "lock" not in str(error).lower() or time.monotonic() >= deadline:
-                raise WarehouseError(
+        except duckdb.Error as error:
+            text = " ".join(str(error).split())
+            if not _LOCK_CONFLICT.search(text):
+                storage = storage_error(error, Path(path).parent)
+                if storage is not None:
+                    raise storage from None
+                raise WarehouseUnusableError(
+                    f"DuckDB cannot open the warehouse {path}: {text}; {_DAMAGED_HINT}"
+                ) from None
+            if time.monotonic() >= deadline:
+                holder = _LOCK_HOLDER.search(text)
+                raise WarehouseLockedError(
                     f"could not open the warehouse {path} ({'read-only' if read_only else 'read-write'}) "
-                    f"within {timeout_s:.0f}s: another process holds it; retry when it finishes"
+                    f"within {timeout_s:g}s: another process"
+                    f"{f' (PID {holder.group(1)})' if holder else ''} holds it; retry when it finishes"
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY_S)

@@ -13,6 +13,7 @@ import http.server
 import json
 import logging
 import pickle
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,6 +140,42 @@ def local_server(respond: Callable[[str, dict[str, list[str]], dict], tuple[int 
     finally:
         server.shutdown()
         server.server_close()
+
+
+@contextlib.contextmanager
+def raw_server(serve_connection: Callable[[socket.socket], None]):
+    """Serve each TCP connection with ``serve_connection(conn)`` (after reading the request head) on
+    127.0.0.1; yield the base URL. For answers ``http.server`` cannot give (trickled headers, lying lengths)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stopping = threading.Event()
+
+    def handle(conn: socket.socket) -> None:
+        with conn:
+            try:
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    head += data
+                serve_connection(conn)
+            except OSError:
+                pass
+
+    def accept() -> None:
+        while not stopping.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stopping.set()
+        listener.close()
 
 
 def envelope(rows, code: int = 0) -> bytes:
@@ -858,6 +895,89 @@ def test_client_worst_case_retry_seconds_with_defaults():
     # 6 attempts x (5 s connect + 30 s read) + 5 sleeps x 30 s + 6 limiter slots of 60/480 s
     assert client.worst_case_retry_seconds() == pytest.approx(6 * 35 + 5 * 30 + 6 * 60 / 480)
     client.close()
+
+
+def test_client_worst_case_retry_seconds_uses_the_request_deadline():
+    with CinnoxClient("https://api.example.com", "app", TOKEN, read_timeout=30, request_deadline=2,
+                      max_attempts=3, backoff_max_s=1, rate_limit_per_min=None) as client:
+        assert client.worst_case_retry_seconds() == pytest.approx(3 * 2 + 2 * 1)
+    with CinnoxClient("https://api.example.com", "app", TOKEN, connect_timeout=1, read_timeout=4) as client:
+        assert client.request_deadline == 5.0  # by default connect + read timeout: the bound keeps its value
+
+
+@pytest.mark.parametrize(("options", "variable"), [({"request_deadline": 0}, "request_deadline"),
+                                                   ({"max_response_mb": -1}, "max_response_mb")])
+def test_client_refuses_a_non_positive_deadline_or_cap(options, variable):
+    with pytest.raises(ConfigError, match=variable):
+        CinnoxClient("https://api.example.com", "app", TOKEN, **options)
+
+
+def _trickle_headers(conn: socket.socket) -> None:
+    """A status line, then one header byte every 20 ms, forever: each read gets a byte, none times out."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+    while True:
+        time.sleep(0.02)
+        conn.sendall(b"z")
+
+
+def test_client_trickled_headers_fail_at_the_request_deadline_within_the_bound(caplog):
+    with raw_server(_trickle_headers) as base_url, CinnoxClient(
+        base_url, "app", TOKEN, read_timeout=1, request_deadline=0.5, max_attempts=2, backoff_base_s=0.001,
+        backoff_max_s=0.01, rate_limit_per_min=None,
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(RetriesExhaustedError) as info:
+            client.get_json("/v1/x", {"offset": 0})
+        elapsed = time.monotonic() - started
+    assert 2 * 0.5 <= elapsed <= client.worst_case_retry_seconds() + 0.5
+    error = info.value
+    assert error.last_error.kind == "deadline" and error.status is None  # no headers ever completed
+    assert "no complete response within the 0.5 s request deadline (CINNOX_REQUEST_DEADLINE_S)" in str(error)
+    assert client.stats.as_dict()["errors_deadline"] == 2
+    assert_no_token(TOKEN, error, caplog)
+
+
+def _announce_a_huge_body(conn: socket.socket) -> None:
+    """Headers announcing 3 MB, then a few bytes and silence (a client reading the body would stall)."""
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 3145728\r\n\r\n{")
+    time.sleep(5)
+
+
+def test_client_refuses_a_body_whose_content_length_is_over_the_cap_without_reading_it():
+    with raw_server(_announce_a_huge_body) as base_url, CinnoxClient(
+        base_url, "app", TOKEN, read_timeout=2, max_response_mb=2, max_attempts=2, backoff_max_s=0.01,
+        rate_limit_per_min=None,
+    ) as client:
+        started = time.monotonic()
+        with pytest.raises(RetriesExhaustedError) as info:
+            client.get_json("/v1/x", {})
+        assert time.monotonic() - started < 1.0  # refused from the headers: no read timeout was waited for
+    assert info.value.last_error.kind == "too_large" and info.value.status == 200
+    assert info.value.last_error.cinnox_message == "response body larger than 2 MB (CINNOX_MAX_RESPONSE_MB)"
+    assert client.stats.requests == 2 and client.stats.bytes == 0
+
+
+def _send_cap_plus(extra: int) -> Callable[[socket.socket], None]:
+    """A close-delimited JSON body of exactly 1 MB + ``extra`` bytes (no Content-Length)."""
+    def serve(conn: socket.socket) -> None:
+        head, tail = b'{"code":0,"result":[],"pad":"', b'"}'
+        body = head + b"x" * (2**20 + extra - len(head) - len(tail)) + tail
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" + body)
+    return serve
+
+
+@pytest.mark.parametrize(("extra", "refused"), [(0, False), (1, True)])
+def test_client_body_cap_is_exact_for_a_body_without_content_length(extra, refused):
+    with raw_server(_send_cap_plus(extra)) as base_url, CinnoxClient(
+        base_url, "app", TOKEN, max_response_mb=1, max_attempts=1, rate_limit_per_min=None
+    ) as client:
+        if refused:
+            with pytest.raises(RetriesExhaustedError) as info:
+                client.get_json("/v1/x", {})
+            assert info.value.last_error.kind == "too_large"
+        else:
+            body, nbytes = client.get_json("/v1/x", {})
+            assert nbytes == 2**20 and body["result"] == []
 
 
 def test_errors_str_is_one_line_with_code_and_message():

@@ -64,7 +64,8 @@ def test_config_defaults_for_the_cinnox_source():
     assert (config.s3_endpoint_url, config.s3_region, config.ca_bundle) == (None, None, None)
     assert (config.sim_campaigns_per_day, config.sim_recipients_per_campaign) == (8, 150)
     assert config.client_options() == {"rate_limit_per_min": 480.0, "ca_bundle": None, "read_timeout": 30.0,
-                                       "max_attempts": 6, "backoff_max_s": 30.0}
+                                       "request_deadline": 35.0, "max_response_mb": 50.0, "max_attempts": 6,
+                                       "backoff_max_s": 30.0}
     assert recipient_hasher(config) is None
 
 
@@ -87,6 +88,7 @@ def test_config_reads_every_value_it_is_given(tmp_path):
     bundle.write_text("-----BEGIN CERTIFICATE-----\n")
     env = {**CINNOX, "CAMPAIGN_SOURCE": " CINNOX ", "CINNOX_CA_BUNDLE": str(bundle),
            "CINNOX_RATE_LIMIT_PER_MIN": "120.5", "CINNOX_READ_TIMEOUT_S": "2.5", "CINNOX_MAX_ATTEMPTS": "3",
+           "CINNOX_REQUEST_DEADLINE_S": "4", "CINNOX_MAX_RESPONSE_MB": "0.5",
            "CINNOX_BACKOFF_MAX_S": "1e1", "CAMPAIGN_DATA_DIR": str(tmp_path / "d"),
            "CAMPAIGN_LAKE_URI": "s3://bucket/prefix/", "AWS_ENDPOINT_URL": "http://[::1]:9000",
            "AWS_DEFAULT_REGION": "eu-west-1", "CAMPAIGN_PARTITION_START": "2024-05-01",
@@ -95,7 +97,8 @@ def test_config_reads_every_value_it_is_given(tmp_path):
     config = PipelineConfig.from_env(env)
     assert config.ca_bundle == str(bundle)
     assert config.client_options() == {"rate_limit_per_min": 120.5, "ca_bundle": str(bundle), "read_timeout": 2.5,
-                                       "max_attempts": 3, "backoff_max_s": 10.0}
+                                       "request_deadline": 4.0, "max_response_mb": 0.5, "max_attempts": 3,
+                                       "backoff_max_s": 10.0}
     assert config.data_dir == tmp_path / "d" and config.lake_root == "s3://bucket/prefix"
     assert (config.s3_endpoint_url, config.s3_region) == ("http://[::1]:9000", "eu-west-1")
     assert config.partition_start == date(2024, 5, 1) and config.partition_tz == "Asia/Hong_Kong"
@@ -103,6 +106,20 @@ def test_config_reads_every_value_it_is_given(tmp_path):
     assert (config.pii_mode, config.pii_salt) == ("hash", SALT)
     assert recipient_hasher(config).hash_text("+85291234567").startswith("hmac:")
     assert PipelineConfig.from_env({**env, "AWS_REGION": "ap-east-1"}).s3_region == "ap-east-1"
+
+
+def test_config_request_deadline_defaults_to_connect_plus_read_timeout_and_reaches_the_client():
+    quick = PipelineConfig.from_env({**CINNOX, "CINNOX_READ_TIMEOUT_S": "2"})
+    assert quick.request_deadline_s == settings.DEFAULT_CONNECT_TIMEOUT_S + 2
+    client = CinnoxClient(quick.apps[0].base_url, quick.apps[0].app_id, quick.apps[0].app_token,
+                          **quick.client_options())
+    assert (client.request_deadline, client.max_response_bytes) == (7.0, 50 * 2**20)
+    client.close()
+    capped = PipelineConfig.from_env({**CINNOX, "CINNOX_REQUEST_DEADLINE_S": "9", "CINNOX_MAX_RESPONSE_MB": "0.25"})
+    with CinnoxClient("https://example.cinnox.com", "app-1", TOKEN, **capped.client_options()) as client:
+        assert (client.request_deadline, client.max_response_bytes) == (9.0, 2**18)
+    for name in ("CINNOX_REQUEST_DEADLINE_S", "CINNOX_MAX_RESPONSE_MB"):
+        assert error_of({**CINNOX, name: "0"}).startswith(f"{name}='0' is not a number of ")
 
 
 def test_config_blank_values_count_as_unset():
@@ -137,6 +154,9 @@ BAD_VALUES = {
     "CINNOX_RATE_LIMIT_PER_MIN": ("abc", ("CINNOX_RATE_LIMIT_PER_MIN='abc' is not a number of requests per minute "
                                           "between 1 and 1000000")),
     "CINNOX_READ_TIMEOUT_S": ("0", "CINNOX_READ_TIMEOUT_S='0' is not a number of seconds above 0 and up to 3600"),
+    "CINNOX_REQUEST_DEADLINE_S": ("-1", ("CINNOX_REQUEST_DEADLINE_S='-1' is not a number of seconds above 0 and up "
+                                         "to 3600")),
+    "CINNOX_MAX_RESPONSE_MB": ("50MB", "CINNOX_MAX_RESPONSE_MB='50MB' is not a number of megabytes above 0 and up to 4096"),
     "CINNOX_MAX_ATTEMPTS": ("2.5", "CINNOX_MAX_ATTEMPTS='2.5' is not a whole number between 1 and 100"),
     "CINNOX_BACKOFF_MAX_S": ("nan", "CINNOX_BACKOFF_MAX_S='nan' is not a number of seconds above 0 and up to 3600"),
     "CAMPAIGN_DATA_DIR": ("~no-such-user-here/data",
@@ -447,6 +467,8 @@ def test_settings_help_lists_every_variable_with_its_default():
     by_name = {line.split()[0]: line for line in lines[1:]}
     assert list(by_name) == [setting.name for setting in SETTINGS]
     assert "  480  " in by_name["CINNOX_RATE_LIMIT_PER_MIN"]
+    assert "5 + CINNOX_READ_TIMEOUT_S (35)" in by_name["CINNOX_REQUEST_DEADLINE_S"]
+    assert "  50  " in by_name["CINNOX_MAX_RESPONSE_MB"]
     assert "CINNOX_<KEY>_APP_TOKEN" in by_name["CINNOX_APP_TOKEN"] and "[secret]" in by_name["CINNOX_APP_TOKEN"]
     assert "(required when CAMPAIGN_PII_MODE=hash)" in by_name["CAMPAIGN_PII_SALT"]
     assert "./data/simulator for the simulator" in by_name["CAMPAIGN_DATA_DIR"]

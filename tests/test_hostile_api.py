@@ -1,17 +1,33 @@
-"""The client against a real simulator in each misbehaving-server mode: listings complete, bodies decoded."""
+"""The client against a real simulator in each misbehaving-server mode: listings complete, bodies decoded;
+a dripping or oversized API fails within the documented bound and with bounded memory, down to the CLI."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
+import requests
 
 from campaign_pipeline.client import UTF8_BOM, CinnoxClient, Page
-from campaign_pipeline.errors import AuthError
+from campaign_pipeline.errors import AuthError, RetriesExhaustedError
 from campaign_pipeline.simulator import SimulatorServer, day_bounds_utc
-from tests.conftest import FIRST_DAY, start_simulator
+from tests.conftest import FIRST_DAY, simulator_env, start_simulator
 
 START, END = day_bounds_utc(FIRST_DAY)
+ROOT = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).with_name("campaign-pipeline")
+CLI = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "campaign_pipeline.cli"]
+# Start-up and shut-down of a CLI subprocess (imports, the day's summary, the warehouse) on a loaded 2-core machine.
+STARTUP_SLACK_S = 20.0
+# Thread scheduling between the deadline and the error reaching the caller, per call.
+SCHEDULING_SLACK_S = 0.5
 
 
 @pytest.fixture
@@ -197,3 +213,175 @@ def test_clean_server_needs_one_extra_summary_request_per_day_and_none_for_detai
     by_endpoint = server.stats()["requests_by_endpoint"]
     assert by_endpoint["sent-campaigns-summary"] == 2  # the day's rows, then the empty page
     assert by_endpoint["sent-campaigns-detail"] == len(listing)  # campaigns under 500 rows: one page each
+
+
+# --- a dripping API: the per-attempt deadline ----------------------------------------------------
+
+QUICK = {"rate_limit_per_min": None, "read_timeout": 1.0, "max_attempts": 2, "backoff_max_s": 0.05}
+
+
+def first_campaign(server: SimulatorServer) -> dict:
+    """FIRST_DAY's first campaign, listed by a plain client (summaries are never dripped or padded)."""
+    with CinnoxClient(server.base_url, server.app_id, server.token, rate_limit_per_min=None) as client:
+        return day_listing(client)[0]
+
+
+def test_dripped_detail_body_fails_at_the_deadline_within_the_bound(serve):
+    server, _ = serve(drip_bytes_per_s=200)
+    campaign = first_campaign(server)
+    with CinnoxClient(server.base_url, server.app_id, server.token, request_deadline=1.0, **QUICK) as client:
+        bound = client.worst_case_retry_seconds()
+        started = time.monotonic()
+        with pytest.raises(RetriesExhaustedError) as info:
+            details(client, campaign)
+        elapsed = time.monotonic() - started
+    assert bound == pytest.approx(2 * 1.0 + 1 * 0.05)
+    # a byte every 5 ms never trips the 1 s read timeout: without the deadline this call would take the
+    # body's whole drip time, many times the bound
+    body_seconds = len(server.simulator.render_detail_page(campaign["id"], 0, 500)) / 200
+    assert body_seconds > 20 * bound
+    assert 2 * 1.0 <= elapsed <= bound + SCHEDULING_SLACK_S
+    error = info.value
+    assert error.last_error.kind == "deadline" and error.last_error.status == 200
+    assert "no complete response within the 1 s request deadline (CINNOX_REQUEST_DEADLINE_S)" in str(error)
+    assert "\n" not in str(error)
+    assert client.stats.as_dict()["errors_deadline"] == 2 and client.stats.requests == 2
+
+
+def test_dripped_detail_body_within_the_deadline_lists_the_clean_records(serve):
+    server, _ = serve(drip_bytes_per_s=400_000)  # a ~30 KB page in under 0.1 s
+    _, clean = serve()
+    campaign = first_campaign(server)
+    with CinnoxClient(server.base_url, server.app_id, server.token, request_deadline=5.0, **QUICK) as client:
+        started = time.monotonic()
+        assert details(client, campaign) == details(clean, campaign)
+        assert time.monotonic() - started > 0.02  # really dripped
+        assert_clean_transport(client)
+
+
+def test_client_on_its_own_session_still_cuts_a_dripped_body_at_the_deadline(serve):
+    # a caller's session has no watched connections: the body is still watched from the response
+    server, _ = serve(drip_bytes_per_s=200)
+    campaign = first_campaign(server)
+    with requests.Session() as session, CinnoxClient(server.base_url, server.app_id, server.token,
+                                                     request_deadline=0.5, session=session, **QUICK) as client:
+        started = time.monotonic()
+        with pytest.raises(RetriesExhaustedError) as info:
+            details(client, campaign)
+        assert time.monotonic() - started <= client.worst_case_retry_seconds() + SCHEDULING_SLACK_S
+    assert info.value.last_error.kind == "deadline"
+
+
+# --- an oversized API: the body cap ----------------------------------------------------------------
+
+
+def test_oversized_detail_body_is_refused_as_too_large_then_the_client_gives_up(serve):
+    server, _ = serve(oversized_mb=8)
+    campaign = first_campaign(server)
+    with CinnoxClient(server.base_url, server.app_id, server.token, max_response_mb=1, **QUICK) as client:
+        with pytest.raises(RetriesExhaustedError) as info:
+            details(client, campaign)
+    error = info.value
+    assert error.attempts == 2 and error.last_error.kind == "too_large" and error.last_error.status == 200
+    assert error.last_error.cinnox_message == "response body larger than 1 MB (CINNOX_MAX_RESPONSE_MB)"
+    assert client.stats.as_dict()["errors_too_large"] == 2
+    assert client.stats.bytes == 0  # nothing refused counts as received
+
+
+def test_padded_detail_body_under_the_cap_decodes_to_the_clean_records(serve):
+    server, _ = serve(oversized_mb=0.5)
+    _, clean = serve()
+    campaign = first_campaign(server)
+    with CinnoxClient(server.base_url, server.app_id, server.token, **QUICK) as client:
+        pages = list(client.iter_detail_pages(campaign["id"], expected_rows=campaign["totalRecipients"]))
+        assert_clean_transport(client)
+    assert records(iter(pages)) == details(clean, campaign)
+    assert pages[0].nbytes == 2**19 and pages[0].body.startswith(b'{"padding":"xxx')
+
+
+# --- the same through the CLI ------------------------------------------------------------------------
+
+
+def cli_env(server: SimulatorServer, data_dir: Path, **extra: str) -> dict[str, str]:
+    """This process's environment without pipeline settings, pointed at ``server`` as a real CINNOX app."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+    return {**clean, **simulator_env(server, data_dir, **extra)}
+
+
+def run_backfill(env: dict[str, str], timeout: float) -> tuple[subprocess.CompletedProcess, float, int]:
+    """Run ``campaign-pipeline backfill`` for FIRST_DAY; return the result, its wall time and its peak RSS
+    in bytes (polled every 20 ms)."""
+    args = [*CLI, "backfill", "--start", FIRST_DAY.isoformat(), "--end", FIRST_DAY.isoformat()]
+    started = time.monotonic()
+    proc = subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    peak = 0
+    done = threading.Event()
+
+    def poll() -> None:
+        nonlocal peak
+        try:
+            watched = psutil.Process(proc.pid)
+            while not done.is_set():
+                tree = [watched, *watched.children(recursive=True)]
+                peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+                done.wait(0.02)
+        except psutil.Error:
+            pass
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"backfill still running after {timeout:.0f}s; stderr: {stderr[-2000:]}")
+    finally:
+        done.set()
+        poller.join()
+    return subprocess.CompletedProcess(args, proc.returncode, stdout, stderr), time.monotonic() - started, peak
+
+
+def failure_line(result: subprocess.CompletedProcess) -> str:
+    """The one ``backfill failed:`` line, which must end stderr; no traceback anywhere."""
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    reasons = [line for line in lines if line.startswith("backfill failed:")]
+    assert len(reasons) == 1 and lines[-1] == reasons[0], result.stderr
+    assert "Traceback" not in result.stderr and "Stack Trace" not in result.stderr
+    return reasons[0]
+
+
+def test_backfill_against_a_dripping_api_fails_within_the_bound_with_one_line(tmp_path):
+    server = start_simulator(drip_bytes_per_s=20)  # a ~30 KB detail page would take about 25 minutes
+    try:
+        settings = {"CINNOX_MAX_ATTEMPTS": "2", "CINNOX_READ_TIMEOUT_S": "1", "CINNOX_BACKOFF_MAX_S": "0.1",
+                    "CINNOX_REQUEST_DEADLINE_S": "2"}
+        env = cli_env(server, tmp_path / "data", **settings)
+        with CinnoxClient(server.base_url, server.app_id, server.token, read_timeout=1, request_deadline=2,
+                          max_attempts=2, backoff_max_s=0.1, rate_limit_per_min=60000) as twin:
+            bound = twin.worst_case_retry_seconds()
+        result, seconds, _ = run_backfill(env, timeout=bound + STARTUP_SLACK_S + 60)
+    finally:
+        server.stop()
+    assert bound == pytest.approx(2 * 2 + 0.1 + 2 * 60 / 60000)
+    assert result.returncode == 1, result.stderr
+    assert seconds <= bound + STARTUP_SLACK_S
+    reason = failure_line(result)
+    assert "gave up after 2 attempts" in reason and "CINNOX_REQUEST_DEADLINE_S" in reason, reason
+    # the failed day left nothing behind that a reader could take for a loaded (empty) day
+    assert not [path for path in (tmp_path / "data" / "lake").rglob("*") if path.is_file()]
+
+
+def test_backfill_against_an_oversized_api_is_refused_with_bounded_memory(tmp_path):
+    server = start_simulator(oversized_mb=200)
+    try:
+        env = cli_env(server, tmp_path / "data", CINNOX_MAX_ATTEMPTS="2", CINNOX_BACKOFF_MAX_S="0.1",
+                      CINNOX_MAX_RESPONSE_MB="20")
+        result, _, peak = run_backfill(env, timeout=300)
+    finally:
+        server.stop()
+    assert result.returncode == 1, result.stderr
+    reason = failure_line(result)
+    assert "response body larger than 20 MB (CINNOX_MAX_RESPONSE_MB)" in reason, reason
+    # read whole and decoded (no cap), the 200 MB body takes this process to about 1.5 GB
+    assert 0 < peak < 400 * 2**20, f"peak RSS {peak / 2**20:.0f} MB"

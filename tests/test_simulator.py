@@ -715,6 +715,88 @@ def test_misbehaving_modes_are_off_by_default_and_each_has_a_flag_with_help():
     assert set(config.data_modes) == set(MODE_FLAGS.values()) - {"bom_bodies"}
 
 
+def test_hostile_transport_modes_are_off_by_default_and_each_has_a_flag_with_help():
+    defaults = SimulatorConfig()
+    assert (defaults.drip_bytes_per_s, defaults.oversized_mb) == (None, None)
+    parser = build_parser()
+    for flag in ("--drip-bytes-per-s", "--oversized-mb"):
+        action = next(a for a in parser._actions if flag in a.option_strings)
+        assert action.help and flag in parser.format_help()
+    config = config_from_args(parser.parse_args(["--drip-bytes-per-s", "20", "--oversized-mb", "0.5"]))
+    assert (config.drip_bytes_per_s, config.oversized_mb) == (20.0, 0.5)
+    assert config.data_modes == ()  # transport only: the data served is unchanged
+
+
+@pytest.mark.parametrize("value", [0, -1, True, "3", math.inf, math.nan])
+@pytest.mark.parametrize("name", ["drip_bytes_per_s", "oversized_mb"])
+def test_hostile_transport_modes_must_be_positive_numbers(name, value):
+    with pytest.raises(ValueError, match=name):
+        SimulatorConfig(**{name: value})
+
+
+def _first_detail(srv: SimulatorServer) -> tuple[str, bytes]:
+    """The first campaign of DAY and its clean detail page bytes (limit 500)."""
+    start, end = _day_window(DAY)
+    history_id = srv.simulator.summary_records(start, end)[0]["id"]
+    return history_id, srv.simulator.render_detail_page(history_id, 0, 500)
+
+
+def test_drip_sends_the_detail_body_at_the_given_rate_and_the_summary_at_once():
+    start, end = _day_window(DAY)
+    with SimulatorServer(SimulatorConfig(now=NOW, drip_bytes_per_s=50_000)) as srv:
+        history_id, clean_body = _first_detail(srv)
+        started = time.monotonic()
+        summary = _get(srv, SUMMARY, startAt=_iso(start), endAt=_iso(end), limit=500)
+        summary_s = time.monotonic() - started
+        started = time.monotonic()
+        with requests.get(_url(srv, DETAIL), params={"historyID": history_id, "limit": 500}, stream=True,
+                          headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as response:
+            headers_s = time.monotonic() - started
+            body = response.raw.read()
+        body_s = time.monotonic() - started
+    expected_s = len(clean_body) / 50_000
+    assert body == clean_body and response.headers["Content-Length"] == str(len(clean_body))
+    assert expected_s > 0.5 and 0.9 * expected_s <= body_s <= expected_s + 1.0
+    assert headers_s < 0.2 * expected_s and summary_s < 0.2 * expected_s
+    assert summary.json()["result"]
+
+
+def test_drip_ends_when_the_client_hangs_up_and_the_server_stops_promptly():
+    with SimulatorServer(SimulatorConfig(now=NOW, drip_bytes_per_s=10)) as srv:
+        history_id, _ = _first_detail(srv)
+        with requests.get(_url(srv, DETAIL), params={"historyID": history_id}, stream=True,
+                          headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as response:
+            assert response.raw.read(2) == b'{"'
+        started = time.monotonic()
+    assert time.monotonic() - started < 2.0
+
+
+@pytest.mark.parametrize("bom", [False, True])
+def test_oversized_pads_every_detail_answer_to_exactly_n_megabytes_of_well_formed_json(bom):
+    with SimulatorServer(SimulatorConfig(now=NOW, oversized_mb=1.5, bom_bodies=bom)) as srv:
+        history_id, clean_body = _first_detail(srv)
+        response = _get(srv, DETAIL, historyID=history_id, limit=500)
+        start, end = _day_window(DAY)
+        summary = _get(srv, SUMMARY, startAt=_iso(start), endAt=_iso(end), limit=500)
+    content = response.content
+    assert len(content) == int(1.5 * 2**20) and "Content-Length" not in response.headers
+    assert content.startswith(BOM) == bom
+    padded = json.loads(content.removeprefix(BOM))
+    clean = json.loads(clean_body)
+    assert set(padded["padding"]) == {"x"} and {k: v for k, v in padded.items() if k != "padding"} == clean
+    assert len(summary.content) < 2**20  # summaries are never padded
+
+
+def test_oversized_answer_abandoned_by_the_client_leaves_the_server_serving():
+    with SimulatorServer(SimulatorConfig(now=NOW, oversized_mb=500)) as srv:
+        history_id, _ = _first_detail(srv)
+        with requests.get(_url(srv, DETAIL), params={"historyID": history_id}, stream=True,
+                          headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as response:
+            assert response.raw.read(12) == b'{"padding":"'
+        assert _get(srv, SUMMARY, startAt=_iso(NOW - timedelta(days=1)), endAt=_iso(NOW)).status_code == 200
+        assert srv.stats()["internal_errors"] == 0
+
+
 @pytest.mark.parametrize("cap", [0, -1, True, 2.5, "3"])
 @pytest.mark.parametrize("name", ["summary_page_cap", "detail_page_cap"])
 def test_page_cap_must_be_a_positive_int(name, cap):

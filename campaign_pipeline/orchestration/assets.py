@@ -10,6 +10,9 @@ As each day completes, the step yields that day's materializations and check eva
 partition status in the UI moves during the run, and a day that fails is never materialized while
 the days before it are (the engine publishes exactly those). The assets yield no outputs (an
 output would record a second, run-wide materialization of every partition in the range).
+A failing step raises ``dg.Failure`` with one line and ``error_kind`` metadata
+(:func:`campaign_pipeline.errors.error_kind`: ``lock_held``, ``storage_full``...), never a traceback
+of ours.
 """
 
 
@@ -20,6 +23,7 @@ import dagster as dg
 
 from campaign_pipeline import engine, quality, schemas
 from campaign_pipeline.config import DEFAULT_APP_KEY, PipelineConfig
+from campaign_pipeline.errors import CampaignPipelineError, error_kind, storage_error
 from campaign_pipeline.windows import PartitionWindow
 
 RAW_RESPONSES_NAME = "raw_campaign_responses"
@@ -34,10 +38,12 @@ RAW_DESCRIPTION = (
 
 class CampaignRunConfig(dg.Config):
     """Run options: ``resplit`` rebuilds the tables from the landed files, with no API call;
-    ``allow_shrink`` lets a re-load publish fewer campaigns or messages than a published day."""
+    ``allow_shrink`` lets a re-load publish fewer campaigns or messages than a published day;
+    ``lock_wait_s`` bounds the wait for a warehouse another process holds (unset: the defaults)."""
 
     resplit: bool = False
     allow_shrink: bool = False
+    lock_wait_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +100,12 @@ def day_events(keys: AppAssetKeys, day: engine.DayResult):
         yield dg.AssetMaterialization(key, partition=day.window.key, metadata=metadata)
 
 
+def step_failure(description: str, error: BaseException | None) -> dg.Failure:
+    """The step's one-line failure, with the failure's class as ``error_kind`` metadata."""
+    return dg.Failure(description=description,
+                      metadata={"error_kind": error_kind(error) if error is not None else "failed"})
+
+
 def build_app_assets(cfg: PipelineConfig, partitions: dg.DailyPartitionsDefinition, app_key: str,
                      keys: AppAssetKeys) -> dg.AssetsDefinition:
     """One app's partitioned assets and checks, computed by a single step per run."""
@@ -123,11 +135,16 @@ def build_app_assets(cfg: PipelineConfig, partitions: dg.DailyPartitionsDefiniti
     def campaign_partition(context: dg.AssetExecutionContext, config: CampaignRunConfig):
         """Fetch (or re-split), write, audit and publish each day of the run's partition range."""
         windows = [PartitionWindow.for_day(date.fromisoformat(key), cfg.partition_tz) for key in context.partition_keys]
-        options = engine.RunOptions(resplit=config.resplit, allow_shrink=config.allow_shrink, run_id=context.run.run_id)
-        for day in engine.run_days(cfg, app, windows, options, log=context.log):
-            yield from day_events(keys, day)
-            if not day.published:
-                raise dg.Failure(description=f"{day.window.key}: {day.failure}")
+        options = engine.RunOptions(resplit=config.resplit, allow_shrink=config.allow_shrink, run_id=context.run.run_id,
+                                    lock_wait_s=config.lock_wait_s)
+        try:
+            for day in engine.run_days(cfg, app, windows, options, log=context.log):
+                yield from day_events(keys, day)
+                if not day.published:
+                    raise step_failure(f"{day.window.key}: {day.failure}", day.error)
+        except (CampaignPipelineError, OSError) as error:  # before any day: config, data dir
+            error = storage_error(error, cfg.data_dir) or error
+            raise step_failure(" ".join(str(error).split()), error) from None
         # Check outputs are required by Dagster; their evaluations were yielded day by day above.
         for check_key in context.selected_asset_check_keys:
             yield dg.Output(None, output_name=context.assets_def.get_output_name_for_asset_check_key(check_key))

@@ -6,7 +6,8 @@ the demo, the Dagster UI, the tests and the benchmarks.
 
 * :class:`SimulatorConfig` - seed, volumes, the simulated clock, odd records, faults, rate limit,
   and the misbehaving-server modes (page caps, an empty summary, truncated details, BOM bodies,
-  poisoned values, a duplicated summary row, naive dates, an odd channel; see ``data.py``).
+  poisoned values, a duplicated summary row, naive dates, an odd channel, dripped and oversized
+  detail bodies; see ``data.py``).
 * :class:`CinnoxSimulator` - the data model: API-shaped records, response bytes, pre-rendering and
   :meth:`CinnoxSimulator.ground_truth` (canonical values a correct pipeline must end up with).
 * :class:`SimulatorServer` - a real HTTP/1.1 server on 127.0.0.1 serving both endpoints.

@@ -2,7 +2,8 @@
 
 Prints one line ``CINNOX simulator listening on http://127.0.0.1:PORT app_id=... token=...`` and serves
 until SIGINT/SIGTERM. :func:`main` is also what ``campaign-pipeline simulator`` calls. The
-"misbehaving server" options (``--summary-page-cap`` ... ``--odd-channel``) are all off by default.
+"misbehaving server" options (``--summary-page-cap`` ... ``--odd-channel``, ``--drip-bytes-per-s``,
+``--oversized-mb``) are all off by default.
 """
 
 from __future__ import annotations
@@ -118,6 +119,16 @@ def build_parser(prog: str = "python -m campaign_pipeline.simulator") -> argpars
         "--odd-channel", action="store_true",
         help="one campaign a day has the summary channel 'WhatsApp Business'",
     )  # fmt: skip
+    hostile.add_argument(
+        "--drip-bytes-per-s", type=float, default=None, metavar="N",
+        help="send every detail body at about N bytes per second (headers at once): a per-read timeout "
+        "never fires, only a total deadline does",
+    )  # fmt: skip
+    hostile.add_argument(
+        "--oversized-mb", type=float, default=None, metavar="MB",
+        help="pad every detail answer to MB megabytes (2**20 bytes) with a long unknown 'padding' field "
+        "(well-formed JSON, no Content-Length)",
+    )  # fmt: skip
     parser.add_argument("--prerender-start", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD")
     parser.add_argument("--prerender-end", type=date.fromisoformat, default=None, metavar="YYYY-MM-DD")
     return parser
@@ -153,6 +164,8 @@ def config_from_args(args: argparse.Namespace) -> SimulatorConfig:
         duplicate_summary=args.duplicate_summary,
         naive_dates=args.naive_dates,
         odd_channel=args.odd_channel,
+        drip_bytes_per_s=args.drip_bytes_per_s,
+        oversized_mb=args.oversized_mb,
     )
 
 

@@ -14,7 +14,8 @@ Everything here is a pure function of :class:`SimulatorConfig` and the instant `
   pipeline's output can be compared with it.
 
 Misbehaving-server modes (all off by default; the data modes are applied here, the transport
-modes ``summary_page_cap``, ``detail_page_cap`` and ``bom_bodies`` by ``server.py``). Each data
+modes ``summary_page_cap``, ``detail_page_cap``, ``bom_bodies``, ``drip_bytes_per_s`` and
+``oversized_mb`` by ``server.py``; they change how bytes are served, never the data). Each data
 mode picks its campaign(s) per UTC day deterministically, preferring campaigns not sent exactly
 at midnight and a different campaign per mode while the day has enough of them:
 
@@ -493,7 +494,10 @@ class SimulatorConfig:
     what the ground truth says): ``summary_page_cap`` / ``detail_page_cap`` (at most N rows per
     page whatever ``limit`` asks), ``empty_summary``, ``truncate_details``, ``bom_bodies`` (every
     response body starts with a UTF-8 BOM), ``poison_values``, ``duplicate_summary``,
-    ``naive_dates`` and ``odd_channel``.
+    ``naive_dates`` and ``odd_channel``; hostile transport: ``drip_bytes_per_s`` (every detail
+    body is sent at about that many bytes per second, headers at once) and ``oversized_mb``
+    (every detail answer is padded to that many MB of 2**20 bytes with a long unknown
+    ``padding`` field: well-formed JSON, sent without ``Content-Length``, ending at the close).
     """
 
     seed: int = 7
@@ -523,6 +527,8 @@ class SimulatorConfig:
     duplicate_summary: bool = False
     naive_dates: bool = False
     odd_channel: bool = False
+    drip_bytes_per_s: float | None = None
+    oversized_mb: float | None = None
 
     def __post_init__(self) -> None:
         """Validate the values and normalise ``fault_kinds`` to a tuple."""
@@ -560,6 +566,11 @@ class SimulatorConfig:
             cap = getattr(self, name)
             if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or cap < 1):
                 raise ValueError(f"{name} must be an int >= 1 or None")
+        for name in ("drip_bytes_per_s", "oversized_mb"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)
+                                      or not 0 < value < math.inf):
+                raise ValueError(f"{name} must be a number > 0 or None")
 
     @property
     def data_modes(self) -> tuple[str, ...]:

@@ -32,7 +32,13 @@ same bytes as a fault-free server.
 Transport modes of a misbehaving server (off by default): ``summary_page_cap`` / ``detail_page_cap``
 serve at most that many rows per page whatever ``limit`` asks (a valid ``limit`` up to 500 is still
 required); ``bom_bodies`` puts a UTF-8 BOM in front of every response body (errors and fault pages
-included, the ``stats_path`` answer excluded). The data modes (``empty_summary``,
+included, the ``stats_path`` answer excluded); ``drip_bytes_per_s`` sends every detail body at about
+that many bytes per second (status line and headers at once, the full ``Content-Length`` announced),
+so that a client's per-read timeout never fires; ``oversized_mb`` answers every detail request with
+the page padded to that many MB (2**20 bytes) by a leading unknown ``"padding"`` string field:
+well-formed JSON whose records are the page's, sent without ``Content-Length`` (``Connection:
+close``, the body ends at the close) so that only counting the bytes read can refuse it. With
+both set, ``oversized_mb`` wins. The data modes (``empty_summary``,
 ``truncate_details``, ``poison_values``, ``duplicate_summary``, ``naive_dates``, ``odd_channel``) are
 rendered by :class:`CinnoxSimulator` from its own config (see ``data.py``).
 
@@ -82,6 +88,8 @@ SUMMARY_ENDPOINT = "sent-campaigns-summary"
 DETAIL_ENDPOINT = "sent-campaigns-detail"
 _ROUTE = re.compile(r"^/v1/api/apps/([^/]+)/data/(sent-campaigns-summary|sent-campaigns-detail)/?$")
 _DEFAULT_LIMIT = 50
+_PAD = b"x" * (1 << 20)  # one MB of padding, written as many times as an oversized body needs
+_DRIP_TICK_S = 0.05  # a dripped body goes out in pieces about this far apart (at least a byte each)
 
 
 class _BadRequest(Exception):
@@ -189,6 +197,7 @@ class SimulatorServer:
         self._fault_lock = threading.Lock()
         self._windows: dict[str, deque[float]] = {}
         self._rate_lock = threading.Lock()
+        self._stopping = threading.Event()  # ends a dripped body's waits at once
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -206,6 +215,7 @@ class SimulatorServer:
 
     def stop(self) -> None:
         """Stop serving, close every open connection and release the port."""
+        self._stopping.set()
         if self._thread is not None:
             self._httpd.shutdown()
             self._thread.join(timeout=5)
@@ -340,6 +350,12 @@ class SimulatorServer:
             time.sleep(config.slow_seconds)
         if fault == "truncated":
             self._send_truncated(handler, body)
+            return
+        if endpoint == DETAIL_ENDPOINT and config.oversized_mb is not None:
+            self._send_oversized(handler, body, config.oversized_mb)
+            return
+        if endpoint == DETAIL_ENDPOINT and config.drip_bytes_per_s is not None:
+            self._send_dripped(handler, body, config.drip_bytes_per_s)
             return
         self._send(handler, 200, body)
 
@@ -480,6 +496,54 @@ class SimulatorServer:
         handler.wfile.write(body[: max(1, len(body) // 2)])
         handler.wfile.flush()
         handler.close_connection = True
+
+    def _send_dripped(self, handler: _Handler, body: bytes, bytes_per_s: float) -> None:
+        """Announce the full Content-Length, then send the body at about ``bytes_per_s``."""
+        if self._config.bom_bodies:
+            body = UTF8_BOM + body
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        piece = max(1, int(bytes_per_s * _DRIP_TICK_S))
+        started = time.monotonic()
+        complete = False
+        try:
+            handler.wfile.flush()
+            for sent in range(0, len(body), piece):
+                # paced against the start, so the rate does not drift with the time writes take
+                if self._stopping.wait(max(0.0, started + sent / bytes_per_s - time.monotonic())):
+                    break
+                handler.wfile.write(body[sent : sent + piece])
+            else:
+                complete = True
+        except OSError:  # the client gave up (its deadline) or the server is stopping
+            pass
+        if not complete:
+            handler.close_connection = True
+
+    def _send_oversized(self, handler: _Handler, body: bytes, megabytes: float) -> None:
+        """Send ``body`` padded to ``megabytes`` MB by a leading ``"padding"`` field, without a
+        Content-Length (the body ends when the connection closes); never held in memory whole."""
+        head = (UTF8_BOM if self._config.bom_bodies else b"") + b'{"padding":"'
+        tail = b'",' + body[1:]  # body is the envelope object: {"code":0,"result":[...],...}
+        padding = max(0, int(megabytes * (1 << 20)) - len(head) - len(tail))
+        handler.send_response(200)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Connection", "close")
+        handler.end_headers()
+        try:
+            handler.wfile.write(head)
+            while padding > 0:
+                if self._stopping.is_set():
+                    return
+                handler.wfile.write(_PAD[:padding] if padding < len(_PAD) else _PAD)
+                padding -= len(_PAD)
+            handler.wfile.write(tail)
+        except OSError:  # the client refused the body and closed the connection
+            pass
+        finally:
+            handler.close_connection = True
 
     @staticmethod
     def _reset(handler: _Handler) -> None:
