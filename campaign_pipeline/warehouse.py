@@ -126,6 +126,10 @@ class Warehouse:
         con = _connect_with_retry(str(self.path), read_only=True,
                                   timeout_s=self.open_timeout_s if timeout_s is None else timeout_s)
         try:
+            # Set after opening (not as connect-time config, see WRITER_CONFIG): no extension is
+            # fetched or loaded by anything this connection runs.
+            con.execute("SET autoinstall_known_extensions = false")
+            con.execute("SET autoload_known_extensions = false")
             yield con
         finally:
             con.close()

@@ -105,6 +105,10 @@ def test_writers_may_not_autoload_extensions_and_foreign_files_are_refused(tmp_p
             "SELECT name, value FROM duckdb_settings() "
             "WHERE name IN ('autoinstall_known_extensions', 'autoload_known_extensions')").fetchall())
     assert settings == {"autoinstall_known_extensions": "false", "autoload_known_extensions": "false"}
+    with wh.reader() as con:
+        assert dict(con.execute(
+            "SELECT name, value FROM duckdb_settings() "
+            "WHERE name IN ('autoinstall_known_extensions', 'autoload_known_extensions')").fetchall()) == settings
     foreign = Warehouse(tmp_path / "foreign.duckdb")
     foreign.path.write_bytes(b"SQLite format 3\x00" + bytes(4096))
     for open_it in (foreign.reader, foreign.writer):
