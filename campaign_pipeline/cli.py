@@ -138,7 +138,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
         from campaign_pipeline.orchestration.backfill import run_backfill
 
         outcome = run_backfill(args.start, args.end, resplit_only=args.resplit, allow_shrink=args.allow_shrink,
-                               dagster_log_level="DEBUG" if args.verbose else "INFO", lock_wait_s=lock_wait)
+                               dagster_log_level="DEBUG" if args.verbose else "CRITICAL", lock_wait_s=lock_wait)
         _install_sigterm_handler()  # Dagster's interrupt handling replaced it
         if outcome.interrupted_by is not None:
             raise Terminated() if outcome.interrupted_by == signal.SIGTERM else KeyboardInterrupt()

@@ -3,7 +3,9 @@ partition status always equals what DuckDB publishes, even when a day in the mid
 
 from __future__ import annotations
 
+import logging
 from datetime import timedelta
+from pathlib import Path
 
 import dagster as dg
 
@@ -62,3 +64,21 @@ def test_a_backfill_records_one_materialization_per_asset_and_day(simulator, tmp
     assert outcome.materializations == len(keys) * len(DAYS)  # no second, run-wide materialization
     for key in keys:
         assert instance.get_materialized_partitions(dg.AssetKey(key)) == {d.isoformat() for d in DAYS}
+
+
+def test_per_day_progress_reaches_the_run_event_log_at_info(simulator, tmp_path, monkeypatch):
+    """With python_logs.managed_python_loggers (as in the shipped instance configs), the engine's
+    per-day lines and the client's warnings are in the run's event log."""
+    import yaml
+
+    settings = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "dagster.local.yaml").read_text())
+    pipeline_env(monkeypatch, simulator, tmp_path)
+    instance = dg.DagsterInstance.ephemeral(settings={"python_logs": settings["python_logs"]})
+    outcome = run_backfill(DAYS[0], DAYS[1], instance=instance)
+    assert outcome.success, outcome.failure
+    messages = [(record.event_log_entry.level, record.event_log_entry.user_message)
+                for record in instance.get_records_for_run(outcome.run_id).records
+                if record.event_log_entry.dagster_event is None]
+    published = [message for level, message in messages if "published: campaigns" in message]
+    assert len(published) == 2 and all(level == logging.INFO for level, message in messages if message in published)
+    assert any(DAYS[0].isoformat() in message for message in published)

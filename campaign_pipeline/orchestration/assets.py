@@ -138,7 +138,9 @@ def build_app_assets(cfg: PipelineConfig, partitions: dg.DailyPartitionsDefiniti
         options = engine.RunOptions(resplit=config.resplit, allow_shrink=config.allow_shrink, run_id=context.run.run_id,
                                     lock_wait_s=config.lock_wait_s)
         try:
-            for day in engine.run_days(cfg, app, windows, options, log=context.log):
+            # The engine logs to the `campaign_pipeline` Python loggers: the shipped instance configs
+            # list them in python_logs.managed_python_loggers, so they reach the run's event log.
+            for day in engine.run_days(cfg, app, windows, options):
                 yield from day_events(keys, day)
                 if not day.published:
                     raise step_failure(f"{day.window.key}: {day.failure}", day.error)
