@@ -131,26 +131,6 @@ def partition_rates(
     return result
 
 
-def latest_days_markdown(con: duckdb.DuckDBPyConnection, days: int = 7) -> str:
-    """A markdown table of the daily rates per channel for the latest ``days`` loaded days."""
-    if days < 1:
-        raise ValueError(f"days must be positive, got {days}")
-    bounds = con.execute(
-        "SELECT min(partition_date), max(partition_date) FROM "
-        "(SELECT DISTINCT partition_date FROM delivery_rates_daily ORDER BY partition_date DESC LIMIT ?)",
-        [days],
-    ).fetchone()
-    if bounds[0] is None:
-        return "_No messages loaded yet._"
-    header, rows = rate_report(con, "channel", bounds[0], bounds[1])
-    cells = [[_cell(h, v) for h, v in zip(header, row, strict=True)] for row in rows]
-    numeric = [h not in ("partition_date", "channel") for h in header]
-    lines = ["| " + " | ".join(header) + " |",
-             "|" + "|".join("---:" if n else "---" for n in numeric) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines)
-
-
 def _cell(name: str, value: Any) -> str:
     if value is None:
         return "-"

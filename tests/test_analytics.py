@@ -384,25 +384,6 @@ def test_partition_rates_matches_daily_ground_truth(con, truth):
     assert rates["sms_messages"]["read_rate"] is None
 
 
-def test_latest_days_markdown_shows_the_latest_days_as_percentages(con, truth):
-    text = reporting.latest_days_markdown(con, days=2)
-    lines = text.splitlines()
-    assert lines[0].startswith("| partition_date | channel |") and set(lines[1]) <= set("|-:")
-    body = [line.split("|")[1:-1] for line in lines[2:]]
-    assert {(cells[0].strip(), cells[1].strip()) for cells in body} == {
-        (d.isoformat(), ch) for d in (END - timedelta(days=1), END) for ch in (SMS, WHATSAPP)}
-    expected = metric_counts([m for m in by_channel(truth)[SMS] if m["partition_date"] == END], SMS)
-    sms_row = next(cells for cells in body if cells[0].strip() == END.isoformat() and cells[1].strip() == SMS)
-    assert f"{expected['delivery_rate'] * 100:.1f}%" in [c.strip() for c in sms_row]
-
-
-def test_latest_days_markdown_says_so_when_empty(tmp_path):
-    with Warehouse(tmp_path / "w.duckdb").writer():
-        pass
-    with Warehouse(tmp_path / "w.duckdb").reader() as con:
-        assert "No messages" in reporting.latest_days_markdown(con)
-
-
 def test_daily_delivery_report_keeps_the_demo_contract(data_dir, truth):
     header, rows = reporting.daily_delivery_report(data_dir / "warehouse.duckdb", START, END)
     assert header == list(reporting.DAILY_COLUMNS)
