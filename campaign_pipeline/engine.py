@@ -200,11 +200,8 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
         refetch = _summary_refetcher(cfg, app, window, client, log)
         files = {name: Path(file.local_path) for name, file in parquet.items()}
         committed = _load_and_audit(cfg, app, window, warehouse, files, result.stats, refetch, result,
-                                    options.allow_shrink)
-        if committed:
-            for file in staged:
-                file.commit()
-        else:
+                                    options.allow_shrink, publish_files=lambda: [file.commit() for file in staged])
+        if not committed:
             where = _quarantine(lake, app, window, options.run_id, staged, result)
             names = ", ".join(result.check_names([c for c in result.failed_checks if c.spec.blocking]))
             result.failure = (f"blocking check failed ({names}); not published, the previous version is kept; "
@@ -222,9 +219,10 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
 
 def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, warehouse: Warehouse,
                     files: dict[str, Path], stats: SplitStats, refetch: Callable[[], list], result: DayResult,
-                    allow_shrink: bool) -> bool:
+                    allow_shrink: bool, publish_files: Callable[[], object]) -> bool:
     """Replace the day in DuckDB and run its checks inside the transaction; commit only if no
-    blocking check failed. Fills ``result.inserted``, ``rates`` and ``checks``."""
+    blocking check failed, then ``publish_files`` while the writer lock is still held. Fills
+    ``result.inserted``, ``rates`` and ``checks``."""
 
     previous: dict[str, int] = {}
 
@@ -237,7 +235,8 @@ def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow
                                              previous, allow_shrink)
         return not any(c.spec.blocking for c in result.failed_checks)
 
-    result.inserted, committed = warehouse.replace_partition(window.day, files, app.app_id, audit, count_published)
+    result.inserted, committed = warehouse.replace_partition(window.day, files, app.app_id, audit, count_published,
+                                                             publish_files)
     return committed
 
 

@@ -2,7 +2,8 @@
 
 Each check answers one question about one table for one partition day and returns a
 :class:`CheckOutcome`; the Dagster layer turns outcomes into partitioned asset-check evaluations.
-Checks that guard correctness are *blocking*: a failed one stops downstream analytics for the day.
+Checks that guard correctness are *blocking*: when one fails, the day's new version is rolled back and
+quarantined, and readers keep the previous one.
 Metadata carries counts, statuses, field names and campaign ids only, never phone numbers.
 """
 
@@ -156,6 +157,7 @@ WITH detail AS (
                WHEN 'failed' THEN 'Failed' END, true
     FROM rejected_records
     WHERE partition_date = $day AND app_id = $app AND endpoint = 'detail' AND campaign_id IS NOT NULL
+          AND reason <> 'id does not match historyID'  -- such a record belongs to another campaign
 ), counts AS (
     SELECT campaign_id,
            count(*) FILTER (WHERE NOT rejected) AS rows,

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import pyarrow.parquet as pq
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
@@ -141,13 +142,17 @@ class Warehouse:
         app_id: str,
         audit: Callable[[duckdb.DuckDBPyConnection], bool] | None = None,
         before: Callable[[duckdb.DuckDBPyConnection], None] | None = None,
+        after_commit: Callable[[], None] | None = None,
     ) -> tuple[dict[str, int], bool]:
         """Replace (``app_id``, ``day``) in every given table in one transaction: write, audit,
         then publish. Each table's rows are a table, a stream of record batches (inserted as they
         are read) or a local Parquet file of the table's schema (read by DuckDB in bounded memory). ``audit`` (the day's checks) runs inside the transaction, on the new rows;
         the day is committed only if it returns True, else rolled back so readers keep the
         previous version. ``before`` runs first in the transaction, on the published version (e.g.
-        to count it). Returns (rows inserted per table, committed)."""
+        to count it); ``after_commit`` runs after a commit while the writer lock is still held (the
+        day's files are moved into place there, so a second writer of the same day cannot commit in
+        between and leave DuckDB and the lake on different versions). Returns (rows inserted per
+        table, committed)."""
         inserted: dict[str, int] = {}
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
@@ -171,12 +176,18 @@ class Warehouse:
             if not publish:
                 _rollback(con)
                 return inserted, False
+            if after_commit is not None:
+                after_commit()
         return inserted, True
 
 
 def _insert(con: duckdb.DuckDBPyConnection, spec: schemas.TableSpec, rows) -> int:
     """Insert rows (Arrow, or a Parquet file of the table's schema) into ``spec``'s table."""
     columns = ", ".join(f'"{f.name}"' for f in spec.schema)
+    if isinstance(rows, Path) and any(char in str(rows) for char in "*?[{"):
+        # read_parquet would take such a path for a glob: stream the file through Arrow instead.
+        parquet = pq.ParquetFile(rows)
+        rows = pa.RecordBatchReader.from_batches(parquet.schema_arrow, parquet.iter_batches())
     if isinstance(rows, Path):
         (count,) = con.execute(f'INSERT INTO "{spec.name}" SELECT {columns} FROM read_parquet(?)',
                                [str(rows)]).fetchone()

@@ -18,7 +18,7 @@ from campaign_pipeline.config import PipelineConfig
 from campaign_pipeline.windows import PartitionWindow
 from tests.conftest import FIRST_DAY, read_table, simulator_env, start_simulator, table_fingerprint
 
-from .test_transform_lake_warehouse import detail, split, summary
+from .test_transform_lake_warehouse import APP, detail, split, summary
 
 ROOT = Path(__file__).resolve().parents[1]
 DAY = FIRST_DAY
@@ -316,3 +316,35 @@ def test_bom_bodies_load_and_their_landing_file_re_splits(tmp_path):
         server.stop()
     assert fetched.published and resplit.published, (fetched.failure, resplit.failure)
     assert snapshot(tmp_path) == before
+
+
+def test_a_data_dir_with_glob_characters_in_its_path_loads(tmp_path):
+    """DuckDB's read_parquet reads a path as a glob: a data dir named like `cinnox[prod]` must still load."""
+    server = start_simulator(now=LATER)
+    try:
+        result = run(server, tmp_path / "cinnox[prod]*")
+    finally:
+        server.stop()
+    assert result.published, result.failure
+    assert read_table(tmp_path / "cinnox[prod]*" / "warehouse.duckdb", "campaigns", "campaign_id")
+
+
+def test_a_record_for_another_campaign_does_not_count_toward_this_ones_reconciliation(tmp_path):
+    from campaign_pipeline import quality
+    from campaign_pipeline.transform import SplitStats
+    from campaign_pipeline.warehouse import Warehouse
+
+    window = PartitionWindow.for_day(DAY, "UTC")
+    result = split([summary("c", "2024-05-01T10:00:00Z", total=2)],
+                   {"c": [detail("other", "+85291234567", ""), detail("other", "+85291234568", "")]})
+    assert [r["reason"] for r in result.tables["rejected_records"].to_pylist()] == ["id does not match historyID"] * 2
+    warehouse = Warehouse(tmp_path / "w.duckdb")
+    outcomes = {}
+
+    def audit(con) -> bool:
+        outcomes.update({o.spec.name: o for o in quality.evaluate_day(con, window, APP, SplitStats(), None, 1.0)})
+        return True
+
+    warehouse.replace_partition(DAY, result.tables, APP, audit)
+    reconciliation = outcomes["reconciles_with_details"]
+    assert not reconciliation.passed and reconciliation.metadata["mismatching_campaign_ids"] == ["c"]
