@@ -461,6 +461,7 @@ class PipelineConfig:
         reader.raise_problems()
         apps = tuple(_app_config(values, key, index, per_app.get(key, {}))
                      for index, key in enumerate(values["CAMPAIGN_APPS"]))
+        _refuse_shared_app_ids(apps)
         return cls(apps=apps, **{s.attr: values[s.name] for s in SETTINGS if s.attr and not s.per_app})
 
 
@@ -611,6 +612,17 @@ def settings_help() -> str:
         rows.append((name, setting.default_text, meaning))
     widths = [max(len(row[column]) for row in rows) for column in range(2)]
     return "\n".join(f"{a:<{widths[0]}}  {b:<{widths[1]}}  {c}".rstrip() for a, b, c in rows) + "\n"
+
+
+def _refuse_shared_app_ids(apps: tuple[AppConfig, ...]) -> None:
+    """Two app keys with one App ID would replace each other's rows in DuckDB (a day is keyed by
+    ``app_id``) while both kept their lake files: refuse it."""
+    seen: dict[str, str] = {}
+    for app in apps:
+        if app.app_id in seen:
+            first, second = (app_env_prefix(key) + "APP_ID" for key in (seen[app.app_id], app.key))
+            raise ConfigError(f"{first} and {second} name the same App ID; each app in CAMPAIGN_APPS needs its own")
+        seen[app.app_id] = app.key
 
 
 def prepare_data_dir(config: PipelineConfig) -> None:

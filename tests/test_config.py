@@ -513,3 +513,16 @@ def test_from_env_reads_os_environ_by_default(monkeypatch):
     monkeypatch.setenv("CAMPAIGN_SOURCE", "simulator")
     monkeypatch.setenv("CAMPAIGN_LOOKBACK_DAYS", "9")
     assert PipelineConfig.from_env().lookback_days == 9
+
+
+def test_config_refuses_two_apps_with_the_same_app_id():
+    env = {"CAMPAIGN_APPS": "hk,sg"}
+    for key in ("HK", "SG"):
+        env.update({f"CINNOX_{key}_BASE_URL": "https://example.cinnox.com", f"CINNOX_{key}_APP_ID": "same-app",
+                    f"CINNOX_{key}_APP_TOKEN": f"token-{key.lower()}-0123456789"})
+    with pytest.raises(ConfigError) as raised:
+        PipelineConfig.from_env(env)
+    assert str(raised.value) == ("CINNOX_HK_APP_ID and CINNOX_SG_APP_ID name the same App ID; "
+                                 "each app in CAMPAIGN_APPS needs its own")
+    env["CINNOX_SG_APP_ID"] = "other-app"
+    assert [app.app_id for app in PipelineConfig.from_env(env).apps] == ["same-app", "other-app"]

@@ -196,11 +196,11 @@ def secret_runs(secret_server, tmp_path_factory) -> SecretRuns:
             CINNOX_BACKOFF_MAX_S="0.05"))
     results["bad_base_path"] = backfill(DAY2, DAY2, cli_env(
         secret_server.base_url + "/no/such/prefix", root / "data_bad_path", DAGSTER_HOME=str(home)))
-    with SimulatorServer(SimulatorConfig(**{**SIM, "token": TOKEN_SG, "down": True})) as sg_down:
+    with SimulatorServer(SimulatorConfig(**{**SIM, "app_id": "sim-sg", "token": TOKEN_SG, "down": True})) as sg_down:
         results["two_apps"] = backfill(DAY1, DAY2, cli_env(
             "", root / "data_two_apps", DAGSTER_HOME=str(home), CAMPAIGN_APPS="hk,sg", CINNOX_MAX_ATTEMPTS="2",
             CINNOX_BACKOFF_MAX_S="0.05", CINNOX_HK_BASE_URL=secret_server.base_url, CINNOX_HK_APP_ID="sim-app",
-            CINNOX_HK_APP_TOKEN=TOKEN, CINNOX_SG_BASE_URL=sg_down.base_url, CINNOX_SG_APP_ID="sim-app",
+            CINNOX_HK_APP_TOKEN=TOKEN, CINNOX_SG_BASE_URL=sg_down.base_url, CINNOX_SG_APP_ID="sim-sg",
             CINNOX_SG_APP_TOKEN=TOKEN_SG))
     return SecretRuns(home, data_dir, results)
 
