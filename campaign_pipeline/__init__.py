@@ -17,7 +17,6 @@ Only :mod:`campaign_pipeline.definitions` and :mod:`campaign_pipeline.orchestrat
 nothing from the pipeline.
 """
 
-import ctypes as _ctypes
 import os as _os
 import sys as _sys
 
@@ -29,15 +28,3 @@ if "pyarrow" not in _sys.modules:
     # for a backfill. Set ARROW_DEFAULT_MEMORY_POOL yourself to choose another pool.
     _os.environ.setdefault("ARROW_DEFAULT_MEMORY_POOL", "system")
 
-
-def _fix_malloc_mmap_threshold() -> None:
-    # glibc raises its mmap threshold after each large free, so a day's freed Arrow and DuckDB
-    # buffers come back from the heap and fragment it: pinning it at 64 KiB (as MALLOC_MMAP_THRESHOLD_
-    # would) measured 320 -> 267 MB peak RSS for four 10x days, which keeps the 300 MB target.
-    try:
-        _ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
-    except (OSError, AttributeError):  # not glibc: nothing to pin
-        pass
-
-
-_fix_malloc_mmap_threshold()

@@ -25,6 +25,7 @@ Logs carry counts, partition keys and campaign ids only: never phone numbers, bo
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import queue
@@ -158,6 +159,7 @@ def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow]
     line per day (and the client's retry warnings). The data dir is checked first
     (:func:`prepare_data_dir`: writable, and pinned to one source, PII mode and timezone)."""
     options = options or RunOptions()
+    _pin_malloc_mmap_threshold()
     prepare_data_dir(cfg)
     lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
     warehouse = options.warehouse(cfg.warehouse_path)
@@ -408,6 +410,17 @@ def _summary_refetcher(cfg: PipelineConfig, app: AppConfig, window: PartitionWin
                     for record in page.records]
 
     return refetch
+
+
+def _pin_malloc_mmap_threshold() -> None:
+    """glibc raises its mmap threshold after each large free, so a day's freed Arrow and DuckDB
+    buffers come back from the heap and fragment it: pinning it at 64 KiB for the run (as
+    ``MALLOC_MMAP_THRESHOLD_=65536`` would) measured 320 -> 267 MB peak RSS for four 10x days,
+    which keeps the 300 MB target. A no-op where the C library is not glibc."""
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        pass
 
 
 def _one_line(error: BaseException) -> str:

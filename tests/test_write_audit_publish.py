@@ -209,19 +209,24 @@ def _truth(server):
     return server.simulator.ground_truth(*day_bounds_utc(DAY))
 
 
+def run_on(data_dir: Path, extra_env: dict | None = None, **modes):
+    """One engine run of DAY against a simulator started with ``modes`` (late clock); returns the
+    day's result and the simulator's ground truth for DAY."""
+    server = start_simulator(now=LATER, **modes)
+    try:
+        return run(server, data_dir, **(extra_env or {})), _truth(server)
+    finally:
+        server.stop()
+
+
 def _loaded_messages(data_dir: Path) -> set[tuple[str, str]]:
     return {(r["campaign_id"], r["recipient"]) for table in ("sms_messages", "whatsapp_messages")
             for r in read_table(data_dir / "warehouse.duckdb", table)}
 
 
 def test_a_server_capping_its_pages_still_loads_every_campaign_and_recipient(tmp_path):
-    server = start_simulator(now=LATER, campaigns_per_day=30, recipients_per_campaign=300,
-                             summary_page_cap=7, detail_page_cap=60)
-    try:
-        result = run(server, tmp_path)
-        truth = _truth(server)
-    finally:
-        server.stop()
+    result, truth = run_on(tmp_path, campaigns_per_day=30, recipients_per_campaign=300,
+                           summary_page_cap=7, detail_page_cap=60)
     assert result.published, result.failure
     campaigns = {r["campaign_id"] for r in read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")}
     assert campaigns == {c["campaign_id"] for c in truth.campaigns} and len(campaigns) >= 25
@@ -230,11 +235,7 @@ def test_a_server_capping_its_pages_still_loads_every_campaign_and_recipient(tmp
 
 def test_a_truncated_reload_is_quarantined_and_the_good_day_kept(good_day):
     _, data_dir, before = good_day
-    truncating = start_simulator(now=LATER, truncate_details=True)
-    try:
-        result = run(truncating, data_dir)
-    finally:
-        truncating.stop()
+    result, _ = run_on(data_dir, truncate_details=True)
     assert not result.published
     assert "campaigns:reconciles_with_details" in result.failure
     assert snapshot(data_dir) == before
@@ -247,12 +248,7 @@ def test_a_truncated_reload_is_quarantined_and_the_good_day_kept(good_day):
 
 
 def test_poison_values_become_rejected_records_and_the_rest_of_the_day_loads(tmp_path):
-    server = start_simulator(now=LATER, poison_values=True, campaigns_per_day=6)
-    try:
-        result = run(server, tmp_path, CAMPAIGN_REJECTED_THRESHOLD="0.5")
-        truth = _truth(server)
-    finally:
-        server.stop()
+    result, truth = run_on(tmp_path, {"CAMPAIGN_REJECTED_THRESHOLD": "0.5"}, poison_values=True, campaigns_per_day=6)
     assert result.published, result.failure
     rejected = read_table(tmp_path / "warehouse.duckdb", "rejected_records", "endpoint, campaign_id, reason")
     poisoned = [r for r in truth.rejected if r["reason_kind"] in ("num_sms_out_of_range", "invalid_unicode")]
@@ -271,12 +267,7 @@ def test_poison_values_become_rejected_records_and_the_rest_of_the_day_loads(tmp
 @pytest.mark.parametrize("mode", ["naive_dates", "odd_channel"])
 def test_a_campaign_whose_summary_cannot_be_typed_fails_the_day_instead_of_disappearing(good_day, mode):
     _, data_dir, before = good_day
-    odd = start_simulator(now=LATER, **{mode: True})
-    try:
-        result = run(odd, data_dir)
-        truth = _truth(odd)
-    finally:
-        odd.stop()
+    result, truth = run_on(data_dir, **{mode: True})
     (anomaly,) = [a for a in truth.anomalies if a["mode"] == mode]
     assert not result.published and "campaigns:campaigns_placed" in result.failure
     assert anomaly["campaign_id"] in result.failure or anomaly["campaign_id"] in json.dumps(
@@ -292,12 +283,7 @@ def test_a_campaign_whose_summary_cannot_be_typed_fails_the_day_instead_of_disap
 
 
 def test_a_duplicated_summary_entry_stores_and_checks_the_real_copy(tmp_path):
-    server = start_simulator(now=LATER, duplicate_summary=True)
-    try:
-        result = run(server, tmp_path)
-        truth = _truth(server)
-    finally:
-        server.stop()
+    result, truth = run_on(tmp_path, duplicate_summary=True)
     assert result.published, result.failure
     (anomaly,) = [a for a in truth.anomalies if a["mode"] == "duplicate_summary"]
     rows = {r["campaign_id"]: r for r in read_table(tmp_path / "warehouse.duckdb", "campaigns", "campaign_id")}
@@ -320,11 +306,7 @@ def test_bom_bodies_load_and_their_landing_file_re_splits(tmp_path):
 
 def test_a_data_dir_with_glob_characters_in_its_path_loads(tmp_path):
     """DuckDB's read_parquet reads a path as a glob: a data dir named like `cinnox[prod]` must still load."""
-    server = start_simulator(now=LATER)
-    try:
-        result = run(server, tmp_path / "cinnox[prod]*")
-    finally:
-        server.stop()
+    result, _ = run_on(tmp_path / "cinnox[prod]*")
     assert result.published, result.failure
     assert read_table(tmp_path / "cinnox[prod]*" / "warehouse.duckdb", "campaigns", "campaign_id")
 
