@@ -324,6 +324,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CAMPAIGN_REJECTED_THRESHOLD", _number(0, 1, "a number between 0 and 1"),
             settings.DEFAULT_REJECTED_THRESHOLD, attr="rejected_threshold",
             help="share of a day's records rejected above which the day's check fails"),
+    Setting("CAMPAIGN_FRESHNESS_HOURS", _number(1, 24 * 366, "a number of hours between 1 and 8784"),
+            settings.DEFAULT_FRESHNESS_HOURS, attr="freshness_hours",
+            help="the message tables' freshness policy: a day should be loaded within this many hours "
+                 "after it ends, or the assets turn red in Dagster"),
+    Setting("CAMPAIGN_ALERT_WEBHOOK_URL", _base_url, attr="alert_webhook_url", secret=True,
+            help="when set, a failed run of the pipeline's job is posted to this URL as JSON; unset, "
+                 "it is logged by the daemon"),
     Setting("CAMPAIGN_PII_MODE", _choice(*PII_MODES), PII_MODE_RAW, attr="pii_mode",
             help="raw, or hash: recipients stored as HMAC-SHA256 keyed by CAMPAIGN_PII_SALT, SMS content "
                  "dropped"),
@@ -392,6 +399,8 @@ class PipelineConfig:
     lookback_days: int
     fetch_workers: int
     rejected_threshold: float
+    freshness_hours: float
+    alert_webhook_url: str | None
     pii_mode: str
     pii_salt: str | None = field(repr=False)
     read_timeout_s: float

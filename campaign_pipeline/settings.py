@@ -78,6 +78,7 @@ DEFAULT_DATA_DIR = "./data"
 DEFAULT_PARTITION_START = "2024-01-01"
 DEFAULT_PARTITION_TZ = "UTC"
 DEFAULT_LOOKBACK_DAYS = 3
+DEFAULT_FRESHNESS_HOURS = 30.0  # the daily run starts 00:15 and a 10x week takes minutes: 6 h of slack
 DEFAULT_REJECTED_THRESHOLD = 0.01  # rejected-records share of a day above which its check fails
 
 # --- Embedded simulator (CAMPAIGN_SOURCE=simulator) ------------------------------------
