@@ -400,7 +400,7 @@ class PipelineConfig:
     fetch_workers: int
     rejected_threshold: float
     freshness_hours: float
-    alert_webhook_url: str | None
+    alert_webhook_url: str | None = field(repr=False)
     pii_mode: str
     pii_salt: str | None = field(repr=False)
     read_timeout_s: float
