@@ -171,34 +171,169 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+DEMO_DATA_DIR = "data/demo"
+DEMO_ENV_FILENAME = "demo.env"
+DEMO_DAGSTER_DIRNAME = "dagster"
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Backfill the last 7 complete days from the built-in simulator into data/demo and report."""
-    os.environ["CAMPAIGN_SOURCE"] = "simulator"
-    os.environ.setdefault("CAMPAIGN_DATA_DIR", args.data_dir)
-    os.environ.setdefault("CAMPAIGN_PARTITION_TZ", "UTC")
-    today = datetime.now(UTC).date()
-    end = today - timedelta(days=1)
+    """Backfill the last ``--days`` complete days from the built-in simulator into the demo data
+    dir, recorded in a Dagster instance there (so ``make dev`` shows it), print the report and the
+    next commands."""
+    from campaign_pipeline import locations
+
+    if args.data_dir is not None:
+        data_dir = locations.resolve(args.data_dir)
+    elif os.environ.get("CAMPAIGN_DATA_DIR", "").strip():
+        data_dir = locations.resolve(os.environ["CAMPAIGN_DATA_DIR"].strip())
+    else:
+        data_dir = locations.resolve(DEMO_DATA_DIR)
+    end = datetime.now(UTC).date() - timedelta(days=1)
     start = end - timedelta(days=args.days - 1)
-    os.environ.setdefault("CAMPAIGN_PARTITION_START", start.isoformat())
+    first = os.environ.get("CAMPAIGN_PARTITION_START", "").strip()
+    if first and first > start.isoformat():
+        raise ConfigError(f"demo --days {args.days} starts on {start}, before CAMPAIGN_PARTITION_START={first}; "
+                          "use fewer --days or unset CAMPAIGN_PARTITION_START")
+    home = data_dir / DEMO_DAGSTER_DIRNAME
+    demo_env = {
+        "CAMPAIGN_SOURCE": "simulator",
+        "CAMPAIGN_DATA_DIR": str(data_dir),
+        "CAMPAIGN_PARTITION_TZ": os.environ.get("CAMPAIGN_PARTITION_TZ", "").strip() or "UTC",
+        "CAMPAIGN_PARTITION_START": first or start.isoformat(),
+        "DAGSTER_HOME": str(home),
+    }
+    os.environ.update(demo_env)
+    home.mkdir(parents=True, exist_ok=True)
+    _write_instance_config(home)
+    (data_dir / DEMO_ENV_FILENAME).write_text("".join(f"{k}={v}\n" for k, v in demo_env.items()))
     args.start, args.end, args.resplit, args.dagster, args.allow_shrink = start, end, False, False, False
     code = cmd_backfill(args)
     if code != EXIT_OK:
         return code
-    from campaign_pipeline.config import PipelineConfig
-    from campaign_pipeline.reporting import daily_delivery_report, format_table
+    from campaign_pipeline import analytics
+    from campaign_pipeline.reporting import format_table, rate_report
 
-    config = PipelineConfig.from_env()
-    header, rows = daily_delivery_report(config.warehouse_path, start, end)
+    con = analytics.connect(data_dir, announce=False)
+    try:
+        header, rows = rate_report(con, "channel", start, end)
+    finally:
+        con.close()
     print(format_table(header, rows))
-    print(f"\nwarehouse: {config.warehouse_path}   lake: {config.lake_root}")
+    print(f"\ndata: {data_dir} (analysts' database: {data_dir / locations.ANALYTICS_FILENAME})")
+    print("next:\n"
+          "  .venv/bin/campaign-pipeline report --by campaign   # per-campaign counts and rates\n"
+          "  make notebook                                      # JupyterLab on notebooks/delivery_rates.ipynb\n"
+          "  make dev                                           # the Dagster UI on http://127.0.0.1:3000\n"
+          "  make sql                                           # a read-only DuckDB SQL shell")
     return EXIT_OK
 
 
+def _write_instance_config(home: Path) -> None:
+    """A local Dagster instance config in ``home`` (the shipped one when this is a checkout)."""
+    from campaign_pipeline import locations
+
+    target = home / "dagster.yaml"
+    if target.exists():
+        return
+    shipped = locations.project_root() / "deploy" / "dagster.local.yaml"
+    target.write_text(shipped.read_text() if shipped.is_file() else
+                      "telemetry:\n  enabled: false\npython_logs:\n  managed_python_loggers:\n"
+                      "    - campaign_pipeline\n  python_log_level: INFO\n")
+
+
 def cmd_simulator(args: argparse.Namespace) -> int:
-    """Serve the CINNOX simulator standalone."""
+    """Serve the CINNOX simulator standalone (its own options: ``campaign-pipeline simulator --help``)."""
     from campaign_pipeline.simulator.__main__ import main as simulator_main
 
-    return simulator_main(args.simulator_args) or EXIT_OK
+    return simulator_main(args.simulator_args, prog="campaign-pipeline simulator") or EXIT_OK
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Open the DuckDB CLI read-only on the analysts' database (or print its path)."""
+    import shutil
+
+    from campaign_pipeline import locations
+
+    data_dir = locations.announce_data_dir()
+    path = data_dir / locations.ANALYTICS_FILENAME
+    if not path.is_file():
+        raise ConfigError(f"no analysts' database at {path}; run `make demo` or a backfill first")
+    if args.print_path:
+        print(path)
+        return EXIT_OK
+    duckdb_cli = shutil.which("duckdb", path=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    if duckdb_cli is None:
+        raise ConfigError("the DuckDB CLI is not installed; run `make sql` (it installs the sql extra) "
+                          f"or open {path} read-only in your own SQL tool")
+    os.execv(duckdb_cli, [duckdb_cli, "-readonly", str(path), *args.duckdb_args])
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """Serve the Dagster UI on the data the user has: the demo's (its instance and partitions)
+    unless a real CINNOX app is configured, else the simulator or the configured app."""
+    from campaign_pipeline import locations
+
+    root = locations.project_root()
+    env = dict(os.environ)
+    dotenv = _dotenv_values(root / ".env")
+    real_app = bool(env.get("CINNOX_APP_TOKEN", "").strip() or dotenv.get("CINNOX_APP_TOKEN", "").strip())
+    workdir = root
+    if not real_app:
+        # Dagster loads ./.env over the environment: an unfilled copy of .env.example must not
+        # turn the simulator UI into a configuration error, so the UI runs outside the root.
+        env["CAMPAIGN_SOURCE"] = "simulator"
+        demo = _demo_settings(env)
+        if demo:
+            env.update({k: v for k, v in demo.items() if k == "DAGSTER_HOME" or not env.get(k, "").strip()})
+            print(f"Dagster UI on the demo's data in {demo['CAMPAIGN_DATA_DIR']}", file=sys.stderr)
+        else:
+            print("Dagster UI on the built-in simulator (no CINNOX_APP_TOKEN configured)", file=sys.stderr)
+        workdir = Path(env.get("DAGSTER_HOME") or root / ".dagster_home")
+    home = Path(env.get("DAGSTER_HOME") or root / ".dagster_home")
+    home.mkdir(parents=True, exist_ok=True)
+    _write_instance_config(home)
+    env["DAGSTER_HOME"] = str(home.absolute())
+    workdir.mkdir(parents=True, exist_ok=True)
+    dagster = str(Path(sys.executable).parent / "dagster")
+    command = [dagster, "dev", "-w", str(root / "dagster_workspace.yaml"), "-p", str(args.port)]
+    os.chdir(workdir)
+    os.execve(dagster, command, env)
+
+
+def _dotenv_values(path: Path) -> dict[str, str]:
+    """``NAME=value`` lines of a .env file (comments and blank lines skipped)."""
+    values: dict[str, str] = {}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return values
+    for line in lines:
+        name, sep, value = line.strip().partition("=")
+        if sep and not name.startswith("#"):
+            values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def _demo_settings(env: dict[str, str]) -> dict[str, str] | None:
+    """The demo's recorded settings when the data the user has is the demo's, else None."""
+    from campaign_pipeline import locations
+
+    try:
+        data_dir, _why = locations.locate_data_dir(env)
+    except ConfigError:
+        return None
+    values = _dotenv_values(data_dir / DEMO_ENV_FILENAME)
+    return values if values.get("DAGSTER_HOME") else None
+
+
+def _days(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 3660:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of days between 1 and 3660")
+    return value
 
 
 class _OneLineErrorParser(argparse.ArgumentParser):
@@ -246,18 +381,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_lock_wait_argument(backfill, "1800 for another backfill's writer lock, 120 for any other process")
     backfill.set_defaults(func=cmd_backfill)
 
-    demo = sub.add_parser("demo", help="backfill the last 7 complete days from the built-in simulator")
-    demo.add_argument("--days", type=int, default=7)
-    demo.add_argument("--data-dir", default="data/demo")
+    demo = sub.add_parser("demo", help="backfill the last 7 complete days from the built-in simulator into "
+                                       "data/demo, recorded in a Dagster instance there")
+    demo.add_argument("--days", type=_days, default=7, help="complete days up to yesterday (default 7)")
+    demo.add_argument("--data-dir", default=None,
+                      help=f"where to write (default: CAMPAIGN_DATA_DIR if set, else {DEMO_DATA_DIR}); "
+                           "relative to the repository root")
     demo.set_defaults(func=cmd_demo)
+
+    sql = sub.add_parser("sql", help="the DuckDB CLI read-only on the analysts' database (never locked); "
+                                     "--print-path prints its path, other arguments go to duckdb",
+                         add_help=False)
+    sql.set_defaults(func=cmd_sql)
+
+    ui = sub.add_parser("ui", help="the Dagster UI on the data you have (the demo's after make demo)")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
 
     from campaign_pipeline import report_cli
 
     report_cli.register(sub)
 
-    simulator = sub.add_parser("simulator", help="serve the CINNOX simulator (see --help of the simulator)",
-                               add_help=False)
-    simulator.add_argument("simulator_args", nargs=argparse.REMAINDER)
+    simulator = sub.add_parser("simulator", help="serve the CINNOX simulator: campaign-pipeline simulator --help",
+                               add_help=False)  # main() hands everything after "simulator" to its own parser
     simulator.set_defaults(func=cmd_simulator)
     return parser
 
@@ -267,7 +413,19 @@ def main(argv: list[str] | None = None) -> int:
     _install_sigterm_handler()
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        argv = sys.argv[1:] if argv is None else list(argv)
+        command = next((arg for arg in argv if not arg.startswith("-")), None)
+        if command in ("simulator", "sql"):  # their arguments belong to another program's parser
+            index = argv.index(command)
+            args = parser.parse_args(argv[:index] + [command])
+            rest = argv[index + 1:]
+            if command == "simulator":
+                args.simulator_args = rest
+            else:
+                args.print_path = "--print-path" in rest
+                args.duckdb_args = [arg for arg in rest if arg != "--print-path"]
+        else:
+            args = parser.parse_args(argv)
         _configure_logging(args.verbose)
         return args.func(args)
     except KeyboardInterrupt as interrupt:

@@ -38,7 +38,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from campaign_pipeline import settings
+from campaign_pipeline import locations, settings
 from campaign_pipeline.client import validate_base_url, validate_token
 from campaign_pipeline.errors import ConfigError
 from campaign_pipeline.pii import PII_MODE_HASH, PII_MODE_RAW, PII_MODES, RecipientHasher
@@ -203,7 +203,7 @@ def _path(text: str) -> Path:
 
 
 def _directory(text: str, variable: str) -> Path:
-    return _path(text)
+    return locations.resolve(_path(text))
 
 
 def _readable_file(text: str, variable: str) -> str:
@@ -236,8 +236,8 @@ def _app_keys(text: str, variable: str) -> tuple[str, ...]:
 
 def _default_data_dir(values: Mapping[str, Any]) -> Path:
     if values.get("CAMPAIGN_SOURCE") == SOURCE_SIMULATOR:
-        return Path(settings.DEFAULT_DATA_DIR) / settings.SIMULATOR_DATA_SUBDIR
-    return Path(settings.DEFAULT_DATA_DIR)
+        return locations.resolve(Path(settings.DEFAULT_DATA_DIR) / settings.SIMULATOR_DATA_SUBDIR)
+    return locations.resolve(settings.DEFAULT_DATA_DIR)
 
 
 def _default_region(values: Mapping[str, Any]) -> str | None:
@@ -301,7 +301,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CAMPAIGN_DATA_DIR", _directory, _default_data_dir, attr="data_dir",
             shown_default=f"{settings.DEFAULT_DATA_DIR} ({settings.DEFAULT_DATA_DIR}/"
                           f"{settings.SIMULATOR_DATA_SUBDIR} for the simulator)",
-            help="where lake/ (Parquet) and warehouse.duckdb live"),
+            help="where lake/ (Parquet), warehouse.duckdb and analytics.duckdb live; a relative path is "
+                 "taken against the repository root"),
+    Setting("CAMPAIGN_LAST_RUN_FILE", _directory, attr=None,
+            shown_default=f"{settings.DEFAULT_DATA_DIR}/{locations.LAST_RUN_FILENAME}",
+            help="where each run records its data dir, which read-only commands (report, notebook, make sql, "
+                 "make dev) read when CAMPAIGN_DATA_DIR is unset"),
     Setting("CAMPAIGN_LAKE_URI", _lake_uri, attr="lake_uri", shown_default="<data dir>/lake",
             help="the lake elsewhere: a local path or s3://bucket/prefix (credentials from the standard "
                  "AWS variables)"),
@@ -662,6 +667,7 @@ def prepare_data_dir(config: PipelineConfig) -> None:
                 f"CAMPAIGN_DATA_DIR={str(data_dir)!r} holds {variable}={recorded} data but "
                 f"{variable}={value}; use a separate data dir"
             )
+    locations.record_last_run(data_dir)
 
 
 def _claim_marker(marker: Path, value: str) -> str:

@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from campaign_pipeline import quality, reporting
+from campaign_pipeline import analytics, quality, reporting
 from campaign_pipeline.client import CinnoxClient
 from campaign_pipeline.config import (
     SOURCE_SIMULATOR,
@@ -161,6 +161,7 @@ def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow]
     options = options or RunOptions()
     _pin_malloc_mmap_threshold()
     prepare_data_dir(cfg)
+    analytics.refresh(cfg.data_dir, cfg.lake_root)
     lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
     warehouse = options.warehouse(cfg.warehouse_path)
     with contextlib.ExitStack() as stack:
@@ -202,7 +203,7 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
         refetch = _summary_refetcher(cfg, app, window, client, log)
         files = {name: Path(file.local_path) for name, file in parquet.items()}
         committed = _load_and_audit(cfg, app, window, warehouse, files, result.stats, refetch, result,
-                                    options.allow_shrink, publish_files=lambda: [file.commit() for file in staged])
+                                    options.allow_shrink, publish_files=lambda: _publish(cfg, staged))
         if not committed:
             where = _quarantine(lake, app, window, options.run_id, staged, result)
             names = ", ".join(result.check_names([c for c in result.failed_checks if c.spec.blocking]))
@@ -217,6 +218,14 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
             file.discard()  # no-op for committed files
     result.seconds = time.monotonic() - started
     return result
+
+
+def _publish(cfg: PipelineConfig, staged: list[StagedFile]) -> None:
+    """Move a committed day's files into the lake, then bring the analysts' database up to date
+    (it gains a table's view the first time that table has a file)."""
+    for file in staged:
+        file.commit()
+    analytics.refresh(cfg.data_dir, cfg.lake_root)
 
 
 def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, warehouse: Warehouse,

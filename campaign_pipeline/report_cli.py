@@ -7,11 +7,12 @@ Usage::
                              [--format table|csv|json] [--chart PATH.png]
 
 ``--start``/``--end`` are inclusive partition days; without them the report covers the latest 7
-loaded days. The warehouse is opened read-only, so a report works while a backfill writes
-(and on a read-only data dir). Exit codes, as for every command (:mod:`campaign_pipeline.cli`):
-0 success, 1 no warehouse yet or its views are out of date, 2 bad input or configuration, 3 the
-warehouse is unusable (not DuckDB, corrupt, truncated), 4 storage unreadable, 75 another process
-held the warehouse longer than ``--lock-wait``.
+loaded days. It reads the analysts' database (:mod:`campaign_pipeline.analytics`: views over the
+published lake, never locked by a writer), so it works while a backfill runs, needs no API
+credentials, and finds the data with ``--data-dir``, ``CAMPAIGN_DATA_DIR``, the last run's data dir
+or the demo's (said on stderr). Exit codes, as for every command (:mod:`campaign_pipeline.cli`):
+0 success, 1 no data yet or the database is out of date, 2 bad input or configuration, 3 the data
+is unreadable (not DuckDB, corrupt), 4 storage unreadable.
 """
 
 from __future__ import annotations
@@ -27,9 +28,8 @@ from campaign_pipeline import reporting
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_DAYS = 7
-EXIT_CODES_EPILOG = ("Exit codes: 0 success, 1 no warehouse yet or its views are out of date, 2 bad input or "
-                     "configuration, 3 the warehouse is unusable (not DuckDB, corrupt, truncated), 4 storage "
-                     "unreadable, 75 another process held the warehouse longer than --lock-wait.")
+EXIT_CODES_EPILOG = ("Exit codes: 0 success, 1 no data yet or the database is out of date, 2 bad input or "
+                     "configuration, 3 the data is unreadable (not DuckDB, corrupt), 4 storage unreadable.")
 
 
 def register(subparsers) -> None:
@@ -37,7 +37,8 @@ def register(subparsers) -> None:
     report = subparsers.add_parser(
         "report",
         help="delivery counts and rates from the warehouse (read-only)",
-        description="Delivery counts and rates from the warehouse, opened read-only (works while a backfill runs).",
+        description="Delivery counts and rates from the analysts' database (works while a backfill runs; "
+                    "no API credentials needed).",
         epilog=EXIT_CODES_EPILOG,
     )
     report.add_argument("--start", metavar="YYYY-MM-DD", help="first partition day (default: 6 days before --end)")
@@ -48,9 +49,8 @@ def register(subparsers) -> None:
     report.add_argument("--format", choices=reporting.FORMATS, default="table", dest="output_format",
                         help="table (aligned, rates as percentages), csv or json (rates as fractions)")
     report.add_argument("--chart", metavar="PATH.png", help="also write the daily delivery-rate trend per channel")
-    from campaign_pipeline.cli import add_lock_wait_argument
-
-    add_lock_wait_argument(report, "120")
+    report.add_argument("--data-dir", metavar="DIR",
+                        help="the data dir to read (default: CAMPAIGN_DATA_DIR, else the last run's, else the demo's)")
     report.set_defaults(func=cmd_report)
 
 
@@ -71,9 +71,7 @@ def _day(text: str | None, option: str) -> date | None:
 def cmd_report(args: argparse.Namespace) -> int:
     """Print the report for the range; optionally write the trend chart. Returns the exit code."""
     from campaign_pipeline.cli import exit_code_for
-    from campaign_pipeline.config import PipelineConfig
     from campaign_pipeline.errors import ConfigError, WarehouseError, WarehouseUnusableError
-    from campaign_pipeline.warehouse import DEFAULT_OPEN_TIMEOUT_S, Warehouse
 
     try:
         start, end = _day(args.start, "--start"), _day(args.end, "--end")
@@ -87,37 +85,46 @@ def cmd_report(args: argparse.Namespace) -> int:
             return _error(f"--chart {args.chart!r} must be a .png path", EXIT_BAD_INPUT)
         if not chart.parent.is_dir():
             return _error(f"--chart {args.chart!r}: directory {str(chart.parent)!r} does not exist", EXIT_BAD_INPUT)
+    from campaign_pipeline import analytics
+
     try:
-        config = PipelineConfig.from_env()
+        if args.data_dir is not None:
+            from campaign_pipeline import locations
+
+            data_dir = locations.resolve(args.data_dir)
+            print(f"reading {data_dir} (--data-dir)", file=sys.stderr)
+        else:
+            data_dir = None
+        con = analytics.connect(data_dir)
     except ConfigError as error:
         return _error(str(error), EXIT_BAD_INPUT)
-
-    wait = DEFAULT_OPEN_TIMEOUT_S if getattr(args, "lock_wait", None) is None else args.lock_wait
-    try:
-        with Warehouse(config.warehouse_path, open_timeout_s=wait).reader() as con:
-            if end is None:
-                (latest,) = con.execute("SELECT max(partition_date) FROM delivery_rates_daily").fetchone()
-                end = latest or start or date.today()
-                if start is not None and start > end:
-                    end = start
-            if start is None:
-                start = end - timedelta(days=DEFAULT_DAYS - 1)
-            header, rows = reporting.rate_report(con, args.by, start, end)
-            series = reporting.delivery_rate_series(con, start, end) if chart is not None else None
     except WarehouseError as error:
         return _error(str(error), exit_code_for(error))
+    try:
+        loaded = con.execute("SELECT min(partition_date), max(partition_date) FROM delivery_rates_daily").fetchone()
+        if end is None:
+            end = loaded[1] or start or date.today()
+            if start is not None and start > end:
+                end = start
+        if start is None:
+            start = end - timedelta(days=DEFAULT_DAYS - 1)
+        header, rows = reporting.rate_report(con, args.by, start, end)
+        series = reporting.delivery_rate_series(con, start, end) if chart is not None else None
     except (duckdb.CatalogException, duckdb.BinderException) as error:
-        # A warehouse written by an older version: views are recreated whenever a writer opens it.
-        return _error(f"the warehouse's views are out of date ({str(error).splitlines()[0]}); "
-                      "run any backfill to recreate them", EXIT_FAILED)
-    except duckdb.Error as error:  # a block that fails its checksum or cannot be read, met while querying
-        unusable = WarehouseUnusableError(f"DuckDB cannot read the warehouse {config.warehouse_path}: "
-                                          f"{' '.join(str(error).split())}")
+        return _error(f"the analysts' database is out of date ({str(error).splitlines()[0]}); "
+                      "run any backfill to rebuild it", EXIT_FAILED)
+    except duckdb.Error as error:  # a lake file that cannot be read, met while querying
+        unusable = WarehouseUnusableError(f"DuckDB cannot read the data: {' '.join(str(error).split())}")
         return _error(str(unusable), exit_code_for(unusable))
+    finally:
+        con.close()
 
+    note = getattr(reporting, "GROUPING_NOTES", {}).get(args.by)
+    print(f"report --by {args.by}, {start}..{end}{f' ({note})' if note else ''}", file=sys.stderr)
     print(reporting.format_report(header, rows, args.output_format))
     if not rows:
-        print(f"no messages loaded between {start} and {end}", file=sys.stderr)
+        span = f"{loaded[0]}..{loaded[1]}" if loaded[0] is not None else "none yet"
+        print(f"no messages loaded between {start} and {end}; the loaded days are {span}", file=sys.stderr)
     if chart is not None:
         reporting.write_trend_chart(series, chart)
         print(f"chart: {chart}", file=sys.stderr)

@@ -15,6 +15,22 @@ SIM_NOW = datetime(2024, 5, 20, 12, 0, tzinfo=UTC)
 FIRST_DAY = date(2024, 5, 1)
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _last_run_file_outside_the_repository(tmp_path_factory) -> Iterator[None]:
+    """Runs record their data dir for the read-only commands (``data/.last-data-dir``): the
+    suite's runs record theirs in a temporary file, so a developer's ``report`` keeps reading
+    their own data after ``make test``. Child processes inherit it."""
+    import os
+
+    previous = os.environ.get("CAMPAIGN_LAST_RUN_FILE")
+    os.environ["CAMPAIGN_LAST_RUN_FILE"] = str(tmp_path_factory.mktemp("state") / ".last-data-dir")
+    yield
+    if previous is None:
+        os.environ.pop("CAMPAIGN_LAST_RUN_FILE", None)
+    else:
+        os.environ["CAMPAIGN_LAST_RUN_FILE"] = previous
+
+
 def start_simulator(**overrides) -> SimulatorServer:
     """A started simulator with a fixed clock (so statuses are reproducible)."""
     options = {"seed": 11, "campaigns_per_day": 4, "recipients_per_campaign": 90, "now": SIM_NOW}

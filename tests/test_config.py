@@ -36,6 +36,8 @@ SALT = "salt-CONFIG-secret-value-99"
 CINNOX = {"CINNOX_BASE_URL": "https://example.cinnox.com/", "CINNOX_APP_ID": "app-1", "CINNOX_APP_TOKEN": TOKEN}
 SIMULATOR = {"CAMPAIGN_SOURCE": "simulator"}
 
+REPO = Path(__file__).resolve().parent.parent
+
 
 def error_of(env: dict[str, str]) -> str:
     """The message of the ConfigError ``from_env(env)`` raises (and checks it is one line)."""
@@ -54,9 +56,9 @@ def test_config_defaults_for_the_cinnox_source():
     assert config.source == SOURCE_CINNOX
     assert config.apps == (AppConfig(key=DEFAULT_APP_KEY, app_id="app-1", base_url="https://example.cinnox.com",
                                      app_token=TOKEN, sim_seed=7),)
-    assert config.data_dir == Path("data") and config.lake_uri is None
-    assert config.lake_root == str(Path("data") / "lake")
-    assert config.warehouse_path == Path("data") / "warehouse.duckdb"
+    assert config.data_dir == REPO / "data" and config.lake_uri is None  # against the repository root
+    assert config.lake_root == str(REPO / "data" / "lake")
+    assert config.warehouse_path == REPO / "data" / "warehouse.duckdb"
     assert config.partition_start == date(2024, 1, 1) and config.partition_tz == "UTC"
     assert (config.lookback_days, config.fetch_workers) == (3, settings.DEFAULT_FETCH_WORKERS)
     assert config.rejected_threshold == 0.01
@@ -73,7 +75,7 @@ def test_config_simulator_source_needs_no_credentials_and_names_its_apps():
     config = PipelineConfig.from_env(SIMULATOR)
     assert config.source == SOURCE_SIMULATOR
     assert config.apps == (AppConfig(key="default", app_id="sim-app", base_url=None, app_token=None, sim_seed=7),)
-    assert config.data_dir == Path("data") / "simulator"
+    assert config.data_dir == REPO / "data" / "simulator"
 
     several = PipelineConfig.from_env({**SIMULATOR, "CAMPAIGN_APPS": "hk, SG", "CAMPAIGN_SIM_SEED": "40",
                                        "CAMPAIGN_SIM_CAMPAIGNS_PER_DAY": "0",

@@ -1,0 +1,175 @@
+"""The analysts' database: ``<data_dir>/analytics.duckdb``, readable at any moment.
+
+The warehouse (``warehouse.duckdb``) is the writer's: while a backfill loads a day, DuckDB's file
+lock refuses every other process, so a plain ``duckdb -readonly`` open fails. Analysts open this
+small file instead. It holds no rows, only views with the warehouse's table names and columns over
+the published Parquet lake (``<lake>/<table>/date=*/part-*.parquet``), the same metric macros and
+delivery-rate views (``campaign_pipeline/sql``) and the data dictionary as ``COMMENT``s:
+
+- **Never locked by a writer.** It is rebuilt only when what it describes changes (the code's
+  definitions, the lake's location, a table's first file), under a hidden temporary name renamed
+  into place; nobody ever opens it read-write in place. So any number of read-only opens succeed,
+  during a backfill too, with no retry.
+- **Only published days.** A day's Parquet files are moved into the lake only after the day passed
+  its blocking checks and was committed to the warehouse (write-audit-publish), each file by an
+  atomic rename; a version that failed its checks goes to ``lake/_quarantine``, outside the globs.
+- **Opens in the analysts' own DuckDB.** It is written by the project's DuckDB (1.5.5), so the
+  DuckDB CLI from PyPI (``duckdb-cli`` 1.5.x), DBeaver's DuckDB driver of the same line and
+  Python's ``duckdb`` read it.
+
+Read-only commands (``report``, the notebook, ``make sql``) find it with :func:`locate_data_dir`
+and need no API credentials. A lake on S3 (``CAMPAIGN_LAKE_URI=s3://...``) gets no analysts'
+database: they read the warehouse (:func:`connect` falls back to it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import duckdb
+
+from campaign_pipeline import schemas, settings
+from campaign_pipeline.errors import WarehouseError
+from campaign_pipeline.locations import ANALYTICS_FILENAME, announce_data_dir, locate_data_dir, resolve
+
+log = logging.getLogger(__name__)
+
+_META_TABLE = "_campaign_pipeline_meta"
+_BUILD_FORMAT = "1"  # bump when the layout of the file changes
+
+
+# ---------------------------------------------------------------------------------------------
+# Building it (the writer's side)
+# ---------------------------------------------------------------------------------------------
+
+
+def table_glob(lake_root: str, table: str) -> str:
+    """Every published file of ``table``: one per day and app (``<table>/date=<day>/part-<app>.parquet``)."""
+    return f"{lake_root}/{table}/date=*/part-*.parquet"
+
+
+def _table_view(lake_root: str, spec: schemas.TableSpec, has_files: bool) -> str:
+    columns = [(field.name, schemas.duckdb_type(field.type)) for field in spec.schema]
+    if has_files:
+        select = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in columns)
+        source = f"read_parquet({_quote(table_glob(lake_root, spec.name))}, hive_partitioning = false)"
+        return f'CREATE OR REPLACE VIEW "{spec.name}" AS SELECT {select} FROM {source}'
+    select = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in columns)
+    return f'CREATE OR REPLACE VIEW "{spec.name}" AS SELECT {select} WHERE false'
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _tables_with_files(lake_root: Path) -> list[str]:
+    return [name for name in schemas.TABLES
+            if next((lake_root / name).glob("date=*/part-*.parquet"), None) is not None]
+
+
+def _stamp(lake_root: Path, with_files: list[str]) -> str:
+    from campaign_pipeline.warehouse import definitions_digest
+
+    text = "\n".join([_BUILD_FORMAT, definitions_digest(), str(lake_root), *with_files])
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _current_stamp(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        con = duckdb.connect(str(path), read_only=True)
+    except duckdb.Error:
+        return None
+    try:
+        row = con.execute(f'SELECT value FROM "{_META_TABLE}" WHERE key = ?', ["stamp"]).fetchone()
+        return row[0] if row else None
+    except duckdb.Error:
+        return None
+    finally:
+        con.close()
+
+
+def refresh(data_dir: Path, lake_root: str) -> Path | None:
+    """Make ``<data_dir>/analytics.duckdb`` describe the lake at ``lake_root``; rebuild it only if
+    it is missing or out of date. Call it while holding the warehouse's writer lock (one builder at
+    a time). Returns its path, or ``None`` for a lake on object storage."""
+    if "://" in lake_root:
+        return None
+    lake = Path(lake_root).absolute()
+    path = data_dir / ANALYTICS_FILENAME
+    with_files = _tables_with_files(lake)
+    stamp = _stamp(lake, with_files)
+    if _current_stamp(path) == stamp:
+        return path
+    _build(path, lake, with_files, stamp)
+    return path
+
+
+def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
+    from campaign_pipeline.warehouse import view_statements
+
+    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    temp.unlink(missing_ok=True)
+    con = duckdb.connect(str(temp), config={"autoinstall_known_extensions": False,
+                                            "autoload_known_extensions": False})
+    try:
+        for spec in schemas.TABLES.values():
+            con.execute(_table_view(str(lake), spec, spec.name in with_files))
+        for _name, statement in view_statements():
+            con.execute(statement)
+        _apply_comments(con)
+        con.execute(f'CREATE TABLE "{_META_TABLE}" (key VARCHAR PRIMARY KEY, value VARCHAR)')
+        con.execute(f'INSERT INTO "{_META_TABLE}" VALUES (?, ?), (?, ?)',
+                    ["stamp", stamp, "lake", str(lake)])
+    except BaseException:
+        con.close()
+        temp.unlink(missing_ok=True)
+        raise
+    con.close()  # checkpoints: the file is complete, no WAL
+    with open(temp, "rb+") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    log.debug("analysts' database rebuilt: %s", path)
+
+
+def _apply_comments(con: duckdb.DuckDBPyConnection) -> None:
+    """The data dictionary as COMMENTs (when the dictionary module is present)."""
+    try:
+        from campaign_pipeline.dictionary import apply_comments
+    except ImportError:
+        return
+    apply_comments(con)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading it
+# ---------------------------------------------------------------------------------------------
+
+
+def connect(data_dir: str | Path | None = None, *, announce: bool = True) -> duckdb.DuckDBPyConnection:
+    """A read-only connection on the analysts' database of ``data_dir`` (default: located with
+    :func:`locate_data_dir`, said on stderr when ``announce``). Never waits and never needs API
+    credentials. Falls back to the warehouse (read-only, waiting while a writer holds it) when the
+    data dir has no analysts' database (a lake on S3, or data written by an older version)."""
+    if data_dir is None:
+        data_dir = announce_data_dir() if announce else locate_data_dir()[0]
+    data_dir = resolve(data_dir)
+    path = data_dir / ANALYTICS_FILENAME
+    if not path.is_file():
+        warehouse = data_dir / settings.WAREHOUSE_FILENAME
+        if not warehouse.is_file():
+            raise WarehouseError(f"no analysts' database or warehouse in {data_dir}; "
+                                 "run `make demo` or a backfill first")
+        from campaign_pipeline.warehouse import _connect_with_retry, _require_duckdb_file
+
+        _require_duckdb_file(warehouse)
+        con = _connect_with_retry(str(warehouse), read_only=True, timeout_s=120.0)
+    else:
+        con = duckdb.connect(str(path), read_only=True)
+    con.execute("SET autoinstall_known_extensions = false")
+    con.execute("SET autoload_known_extensions = false")
+    return con
