@@ -1,43 +1,49 @@
 # Every target bootstraps .venv itself: a fresh clone needs only Python >= 3.11 and make.
+# Each target installs only what it needs (pip shows what it downloads): `make demo` the package,
+# `make notebook` JupyterLab and matplotlib, `make sql` the DuckDB CLI, `make test` and `make dev`
+# the dev extra (UI, dg, test tools, deployment extras).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-dev
-BENCH_STAMP := $(VENV)/.installed-bench
+PIP    := $(BIN)/python -m pip install --disable-pip-version-check --progress-bar on
 
-# The Dagster UI runs on the built-in simulator unless a real CINNOX app is configured.
-ifeq ($(strip $(CINNOX_APP_TOKEN)),)
-DEV_ENV := CAMPAIGN_SOURCE=$${CAMPAIGN_SOURCE:-simulator}
-endif
+.PHONY: demo test dev notebook sql lint bench clean
 
-.PHONY: demo test dev lint bench clean
+$(BIN)/python:
+	@echo "== creating $(VENV) with $(PYTHON)"
+	$(PYTHON) -m venv $(VENV)
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
-	@touch $(STAMP)
+# One stamp per extra; each is redone when pyproject.toml changes.
+$(VENV)/.installed-core: pyproject.toml | $(BIN)/python
+	@echo "== installing campaign_pipeline and its runtime dependencies into $(VENV) (first time: about a minute)"
+	$(PIP) -e .
+	@touch $@
 
-$(BENCH_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
-	@touch $(BENCH_STAMP)
+$(VENV)/.installed-%: pyproject.toml | $(BIN)/python
+	@echo "== installing the '$*' extra into $(VENV)"
+	$(PIP) -e '.[$*]'
+	@touch $@ $(VENV)/.installed-core
 
-demo: $(STAMP)  ## backfill the last 7 days from the built-in simulator and print the report
+demo: $(VENV)/.installed-core  ## backfill the last 7 days from the built-in simulator and print the report
 	$(BIN)/campaign-pipeline demo
 
-test: $(STAMP)  ## the whole test suite
+test: $(VENV)/.installed-dev  ## the whole test suite, after `dg check defs`
 	$(BIN)/python -m pytest
 
-dev: $(STAMP)  ## the Dagster UI on http://127.0.0.1:3000
-	mkdir -p .dagster_home
-	test -f .dagster_home/dagster.yaml || cp deploy/dagster.local.yaml .dagster_home/dagster.yaml
-	$(DEV_ENV) DAGSTER_HOME=$(CURDIR)/.dagster_home $(BIN)/dagster dev -w dagster_workspace.yaml
+dev: $(VENV)/.installed-dev  ## the Dagster UI on http://127.0.0.1:3000 (the demo's data after make demo)
+	$(BIN)/campaign-pipeline ui
 
-lint: $(STAMP)
+notebook: $(VENV)/.installed-notebook  ## JupyterLab on the delivery-rates notebook
+	$(BIN)/jupyter-lab notebooks/delivery_rates.ipynb
+
+sql: $(VENV)/.installed-sql  ## the DuckDB CLI, read-only on the analysts' database
+	$(BIN)/campaign-pipeline sql
+
+lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check campaign_pipeline tests benchmarks
 
-bench: $(BENCH_STAMP)  ## benchmarks, results in benchmarks/RESULTS.md
+bench: $(VENV)/.installed-dev $(VENV)/.installed-bench  ## benchmarks, results in benchmarks/RESULTS.md
 	$(BIN)/python benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .dagster_home data/demo data/simulator
+	rm -rf $(VENV) .dagster_home data/demo data/simulator data/.last-data-dir

@@ -31,8 +31,8 @@ from pathlib import Path
 
 import duckdb
 
-from campaign_pipeline import schemas, settings
-from campaign_pipeline.errors import WarehouseError
+from campaign_pipeline import dictionary, schemas, settings
+from campaign_pipeline.errors import WarehouseError, WarehouseUnusableError
 from campaign_pipeline.locations import ANALYTICS_FILENAME, announce_data_dir, locate_data_dir, resolve
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,10 @@ _BUILD_FORMAT = "1"  # bump when the layout of the file changes
 
 
 def table_glob(lake_root: str, table: str) -> str:
-    """Every published file of ``table``: one per day and app (``<table>/date=<day>/part-<app>.parquet``)."""
-    return f"{lake_root}/{table}/date=*/part-*.parquet"
+    """Every published file of ``table``: one per day and app (``<table>/date=<day>/part-<app>.parquet``);
+    glob characters in ``lake_root`` match only themselves."""
+    escaped = "".join(f"[{char}]" if char in "[*?" else char for char in lake_root)
+    return f"{escaped}/{table}/date=*/part-*.parquet"
 
 
 def _table_view(lake_root: str, spec: schemas.TableSpec, has_files: bool) -> str:
@@ -110,10 +112,15 @@ def refresh(data_dir: Path, lake_root: str) -> Path | None:
 
 
 def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
+    from campaign_pipeline.lake import pid_alive
     from campaign_pipeline.warehouse import view_statements
 
-    temp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    temp.unlink(missing_ok=True)
+    prefix = f".{path.name}.tmp-"
+    for stale in path.parent.glob(prefix + "*"):  # left by a build that was killed
+        pid = stale.name.removeprefix(prefix)
+        if not pid.isdigit() or not pid_alive(int(pid)) or int(pid) == os.getpid():
+            stale.unlink(missing_ok=True)
+    temp = path.with_name(f"{prefix}{os.getpid()}")
     con = duckdb.connect(str(temp), config={"autoinstall_known_extensions": False,
                                             "autoload_known_extensions": False})
     try:
@@ -121,7 +128,7 @@ def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
             con.execute(_table_view(str(lake), spec, spec.name in with_files))
         for _name, statement in view_statements():
             con.execute(statement)
-        _apply_comments(con)
+        dictionary.apply_comments(con)
         con.execute(f'CREATE TABLE "{_META_TABLE}" (key VARCHAR PRIMARY KEY, value VARCHAR)')
         con.execute(f'INSERT INTO "{_META_TABLE}" VALUES (?, ?), (?, ?)',
                     ["stamp", stamp, "lake", str(lake)])
@@ -134,15 +141,6 @@ def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
         os.fsync(handle.fileno())
     os.replace(temp, path)
     log.debug("analysts' database rebuilt: %s", path)
-
-
-def _apply_comments(con: duckdb.DuckDBPyConnection) -> None:
-    """The data dictionary as COMMENTs (when the dictionary module is present)."""
-    try:
-        from campaign_pipeline.dictionary import apply_comments
-    except ImportError:
-        return
-    apply_comments(con)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -164,12 +162,20 @@ def connect(data_dir: str | Path | None = None, *, announce: bool = True) -> duc
         if not warehouse.is_file():
             raise WarehouseError(f"no analysts' database or warehouse in {data_dir}; "
                                  "run `make demo` or a backfill first")
-        from campaign_pipeline.warehouse import _connect_with_retry, _require_duckdb_file
+        from campaign_pipeline.warehouse import connect_with_retry, require_duckdb_file
 
-        _require_duckdb_file(warehouse)
-        con = _connect_with_retry(str(warehouse), read_only=True, timeout_s=120.0)
+        require_duckdb_file(warehouse)
+        con = connect_with_retry(str(warehouse), read_only=True, timeout_s=120.0)
     else:
-        con = duckdb.connect(str(path), read_only=True)
+        from campaign_pipeline.warehouse import require_duckdb_file
+
+        require_duckdb_file(path)
+        try:
+            con = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error as error:
+            raise WarehouseUnusableError(
+                f"DuckDB cannot open the analysts' database {path}: {' '.join(str(error).split())}; "
+                "any backfill rebuilds it (it holds no data of its own)") from None
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     return con

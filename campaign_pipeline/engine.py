@@ -82,6 +82,7 @@ class DayResult:
     landed: LandingStats | None = None
     stats: SplitStats | None = None
     inserted: dict[str, int] = field(default_factory=dict)
+    table_rows: dict[str, int] = field(default_factory=dict)  # the app's rows per table once the day is in
     rates: dict[str, dict[str, float | None]] = field(default_factory=dict)
     checks: list[quality.CheckOutcome] = field(default_factory=list)
     failure: str | None = None
@@ -244,6 +245,8 @@ def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow
         result.rates = reporting.partition_rates(con, window.day, app.app_id)
         result.checks = quality.evaluate_day(con, window, app.app_id, stats, refetch, cfg.rejected_threshold,
                                              previous, allow_shrink)
+        result.table_rows = {name: con.execute(f'SELECT count(*) FROM "{name}" WHERE app_id = ?',
+                                               [app.app_id]).fetchone()[0] for name in files}
         return not any(c.spec.blocking for c in result.failed_checks)
 
     result.inserted, committed = warehouse.replace_partition(window.day, files, app.app_id, audit, count_published,

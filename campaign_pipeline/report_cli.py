@@ -85,6 +85,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             return _error(f"--chart {args.chart!r} must be a .png path", EXIT_BAD_INPUT)
         if not chart.parent.is_dir():
             return _error(f"--chart {args.chart!r}: directory {str(chart.parent)!r} does not exist", EXIT_BAD_INPUT)
+        try:
+            reporting.require_charts()
+        except ConfigError as error:
+            return _error(str(error), EXIT_BAD_INPUT)
     from campaign_pipeline import analytics
 
     try:
@@ -101,9 +105,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     except WarehouseError as error:
         return _error(str(error), exit_code_for(error))
     try:
-        loaded = con.execute("SELECT min(partition_date), max(partition_date) FROM delivery_rates_daily").fetchone()
+        loaded = reporting.loaded_range(con)
+        tz = reporting.partition_tz(con)
         if end is None:
-            end = loaded[1] or start or date.today()
+            end = (loaded[1] if loaded else None) or start or date.today()
             if start is not None and start > end:
                 end = start
         if start is None:
@@ -119,13 +124,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     finally:
         con.close()
 
-    note = getattr(reporting, "GROUPING_NOTES", {}).get(args.by)
-    print(f"report --by {args.by}, {start}..{end}{f' ({note})' if note else ''}", file=sys.stderr)
+    print(reporting.report_note(args.by, start, end, loaded, tz), file=sys.stderr)
     print(reporting.format_report(header, rows, args.output_format))
     if not rows:
-        span = f"{loaded[0]}..{loaded[1]}" if loaded[0] is not None else "none yet"
-        print(f"no messages loaded between {start} and {end}; the loaded days are {span}", file=sys.stderr)
+        print(f"no messages loaded between {start} and {end}", file=sys.stderr)
     if chart is not None:
-        reporting.write_trend_chart(series, chart)
+        reporting.write_trend_chart(series, chart, tz=tz)
         print(f"chart: {chart}", file=sys.stderr)
     return EXIT_OK

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock
 from filelock import Timeout as FileLockTimeout
 
-from campaign_pipeline import schemas
+from campaign_pipeline import dictionary, schemas
 from campaign_pipeline.crashpoints import crash_point
 from campaign_pipeline.errors import (
     WarehouseError,
@@ -88,8 +88,8 @@ class Warehouse:
                 self._create_if_missing()
             except (OSError, duckdb.Error) as error:
                 raise _storage_or(error, self.path.parent) from error
-            _require_duckdb_file(self.path)
-            con = _connect_with_retry(str(self.path), read_only=False, timeout_s=self.open_timeout_s)
+            require_duckdb_file(self.path)
+            con = connect_with_retry(str(self.path), read_only=False, timeout_s=self.open_timeout_s)
             try:
                 try:
                     prepare(con)
@@ -123,8 +123,8 @@ class Warehouse:
         ``open_timeout_s``) while a writer holds the file."""
         if not self.path.exists():
             raise WarehouseError(f"no warehouse at {self.path}; run a backfill first (campaign-pipeline backfill ...)")
-        _require_duckdb_file(self.path)
-        con = _connect_with_retry(str(self.path), read_only=True,
+        require_duckdb_file(self.path)
+        con = connect_with_retry(str(self.path), read_only=True,
                                   timeout_s=self.open_timeout_s if timeout_s is None else timeout_s)
         try:
             # Set after opening (not as connect-time config, see WRITER_CONFIG): no extension is
@@ -202,7 +202,7 @@ def _insert(con: duckdb.DuckDBPyConnection, spec: schemas.TableSpec, rows) -> in
     return count
 
 
-def _require_duckdb_file(path: Path) -> None:
+def require_duckdb_file(path: Path) -> None:
     """Refuse a file that is not a DuckDB database (before DuckDB guesses its format)."""
     offset, magic = _DUCKDB_MAGIC
     try:
@@ -278,6 +278,7 @@ def definitions_digest() -> str:
     """A hash of every DDL and view statement this code would apply."""
     text = "\n".join(schemas.duckdb_ddl(spec) for spec in schemas.TABLES.values())
     text += "\n".join(statement for _, statement in view_statements())
+    text += dictionary.digest()  # a changed meaning re-applies the comments
     return hashlib.sha256(text.encode()).hexdigest()
 
 
@@ -290,6 +291,7 @@ def prepare(con: duckdb.DuckDBPyConnection) -> None:
         return
     ensure_schema(con)
     ensure_views(con)
+    dictionary.apply_comments(con)  # after the views: CREATE OR REPLACE VIEW drops a view's comments
     con.execute(f'INSERT OR REPLACE INTO "{_META_TABLE}" VALUES (?, ?)', ["definitions_digest", digest])
 
 
@@ -321,7 +323,7 @@ _LOCK_CONFLICT = re.compile(r"could not set lock|conflicting lock", re.IGNORECAS
 _LOCK_HOLDER = re.compile(r"\(PID (\d+)\)")
 
 
-def _connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
+def connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.DuckDBPyConnection:
     """Open ``path``, retrying while another process holds DuckDB's lock (up to ``timeout_s``).
     Any other failure is raised at once: a full disk or read-only location as
     :class:`StorageError`, anything else DuckDB refuses (corrupt, truncated) as

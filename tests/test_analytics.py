@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import math
+import os
 import re
+import subprocess
 import sys
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
@@ -492,13 +495,19 @@ def test_report_rejects_a_malformed_date(env, capsys):
     assert code == 2 and err.count("\n") == 1 and "YYYY-MM-DD" in err
 
 
-def test_report_bad_configuration_exits_2(monkeypatch, capsys, tmp_path):
+def test_report_needs_no_api_credentials(monkeypatch, capsys, data_dir, tmp_path, truth):
+    """A read-only command: CAMPAIGN_SOURCE=cinnox without any CINNOX_* setting still reports."""
     monkeypatch.setenv("CAMPAIGN_SOURCE", "cinnox")
-    monkeypatch.setenv("CAMPAIGN_DATA_DIR", str(tmp_path))
-    monkeypatch.delenv("CINNOX_BASE_URL", raising=False)
+    for name in ("CINNOX_BASE_URL", "CINNOX_APP_ID", "CINNOX_APP_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("CAMPAIGN_DATA_DIR", str(data_dir))
+    code, out, err = run_cli(capsys, "--format", "json")
+    assert code == 0, err
+    assert sum(r["messages"] for r in json.loads(out)) == len(truth.messages)
+    monkeypatch.setenv("CAMPAIGN_DATA_DIR", str(tmp_path))  # nothing there yet
     code, out, err = run_cli(capsys)
-    assert code == 2 and out == ""
-    assert err.startswith("error: ") and "CINNOX_BASE_URL" in err
+    assert code == 1 and out == ""
+    assert err.startswith(f"reading {tmp_path}") and err.splitlines()[-1].startswith("error: ")
 
 
 def test_report_chart_writes_a_non_trivial_png(env, capsys, tmp_path):
@@ -520,6 +529,121 @@ def test_report_chart_rejects_a_non_png_path(env, capsys, tmp_path):
     assert not (tmp_path / "trend.jpg").exists()
 
 
+# ------------------------------------------------------------------ notebook helpers and the trend chart
+
+
+def test_loaded_range_and_partition_tz_describe_the_data(con):
+    assert reporting.loaded_range(con) == (START, END)
+    assert reporting.partition_tz(con) == "UTC"  # recorded in the data dir by the first run
+
+
+def test_frame_keeps_counts_as_integers_and_days_as_dates(con, truth):
+    # sum() of a BIGINT is a HUGEINT, which pandas would get as float (263.000000).
+    frame = reporting.frame(con, "SELECT partition_date, channel, sum(messages) AS messages, sum(\"read\") AS read "
+                                 "FROM delivery_rates_daily GROUP BY ALL ORDER BY ALL")
+    assert str(frame["messages"].dtype) == "Int64" and str(frame["read"].dtype) == "Int64"
+    assert frame["read"].isna().sum() == 3  # SMS has no read count: NA, not NaN in a float column
+    assert int(frame["messages"].sum()) == len(truth.messages)
+    assert all(type(day) is date for day in frame["partition_date"])
+    assert "." not in frame.to_string(columns=["messages"])
+
+
+def test_report_frame_matches_rate_report(con):
+    for by in reporting.REPORT_BY:
+        header, rows = reporting.rate_report(con, by, START, END)
+        frame = reporting.report_frame(con, by, START, END)
+        assert list(frame.columns) == header and len(frame) == len(rows), by
+        assert all(frame[c].dtype.kind in "iu" or str(frame[c].dtype) == "Int64"
+                   for c in ("messages", "delivered", "failed", "in_flight")), by
+
+
+def test_grouping_notes_name_the_single_channel_groupings(con, truth):
+    assert set(reporting.GROUPING_NOTES) == {"country", "template"}
+    assert reporting.GROUPING_NOTES["country"].startswith("SMS only")
+    assert reporting.GROUPING_NOTES["template"].startswith("WhatsApp only")
+    channels = by_channel(truth)
+    for by, channel in (("country", SMS), ("template", WHATSAPP)):
+        header, rows = reporting.rate_report(con, by, START, END)
+        assert sum(r[header.index("messages")] for r in rows) == len(channels[channel]), by
+    header, rows = reporting.rate_report(con, "sender", START, END)
+    assert sum(r[header.index("messages")] for r in rows) == len(truth.messages)
+
+
+def test_report_note_says_the_range_the_loaded_days_and_the_channel_scope():
+    note = reporting.report_note("country", START, END, (date(2024, 5, 1), END), "UTC")
+    assert "\n" not in note
+    assert f"{START}..{END} (UTC)" in note and f"loaded 2024-05-01..{END}" in note
+    assert reporting.GROUPING_NOTES["country"] in note
+    assert reporting.GROUPING_NOTES["template"] not in reporting.report_note("channel", START, END, (START, END))
+    outside = reporting.report_note("template", date(2023, 1, 1), date(2023, 1, 7), (START, END))
+    assert "no loaded day" in outside and reporting.GROUPING_NOTES["template"] in outside
+    assert "nothing loaded" in reporting.report_note("channel", START, END, None)
+
+
+def draw_trend(series, tz="UTC"):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(9, 5), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    reporting.plot_delivery_trend(ax, series, tz)
+    figure.canvas.draw()
+    return figure, ax
+
+
+def test_trend_chart_has_iso_days_axis_labels_and_volume_bars(con, truth):
+    series = reporting.delivery_rate_series(con, START, END)
+    figure, ax = draw_trend(series)
+    days = [(START + timedelta(days=i)).isoformat() for i in range((END - START).days + 1)]
+    assert [t.get_text() for t in ax.get_xticklabels()] == days  # not "17, 18, 19" or "May"
+    assert ax.get_xlabel() == "partition day (UTC)"
+    assert "delivery rate" in ax.get_ylabel()
+    assert all(t.get_text().endswith("%") for t in ax.get_yticklabels() if t.get_text())
+    (volume,) = [other for other in figure.axes if other is not ax]
+    assert volume.get_ylabel() == "messages per day (bars)"
+    heights = [bar.get_height() for bar in volume.patches]
+    assert len(heights) == sum(len(points) for points in series.values())
+    assert sum(heights) == len(truth.messages)
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["SMS delivery rate", "SMS messages", "WhatsApp delivery rate", "WhatsApp messages"]
+
+
+def test_trend_chart_on_a_long_range_keeps_whole_iso_days_and_a_tz_label():
+    first = date(2024, 1, 1)
+    series = {SMS: [reporting.TrendPoint(first + timedelta(days=i), 0.9, 100 + i) for i in range(120)]}
+    _, ax = draw_trend(series, tz="Asia/Hong_Kong")
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert 3 <= len(labels) <= 12 and all(re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) for text in labels)
+    assert ax.get_xlabel() == "partition day (Asia/Hong_Kong)"
+
+
+def test_trend_chart_without_messages_says_so():
+    _, ax = draw_trend({}, tz=None)
+    assert "no messages in range" in [t.get_text() for t in ax.texts]
+    assert ax.get_xlabel().startswith("partition day") and ax.get_xticklabels() == []
+
+
+def test_charts_without_matplotlib_fail_with_one_line_naming_the_extra(tmp_path):
+    """matplotlib is the optional `charts` extra: reporting and the CLI import without it, and a chart
+    asks for the extra in one line."""
+    script = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None  # as if not installed\n"
+        "from campaign_pipeline import cli, report_cli, reporting\n"
+        "from campaign_pipeline.errors import ConfigError\n"
+        "try:\n"
+        f"    reporting.write_trend_chart({{}}, {str(tmp_path / 'trend.png')!r})\n"
+        "except ConfigError as error:\n"
+        "    print(error)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.count("\n") == 1 and "pip install -e '.[charts]'" in done.stdout
+    assert not (tmp_path / "trend.png").exists()
+
+
 # ------------------------------------------------------------------ notebook
 
 
@@ -531,21 +655,55 @@ def test_notebook_is_saved_without_outputs():
     assert code_cells and all(c.outputs == [] and c.execution_count is None for c in code_cells)
 
 
-def test_notebook_runs_headless_against_the_warehouse(env, tmp_path, truth):
+@pytest.fixture
+def demo_checkout(tmp_path, data_dir) -> Path:
+    """A checkout as `make demo` leaves it: the project files, and the data in `data/demo` (here a
+    symlink to the module's backfilled data dir). No `data/.last-data-dir`: the demo's is the only one."""
+    checkout = tmp_path / "checkout"
+    (checkout / "notebooks").mkdir(parents=True)
+    (checkout / "data").mkdir()
+    for name in ("pyproject.toml", "campaign_pipeline"):
+        (checkout / name).symlink_to(REPO / name)
+    (checkout / "notebooks" / NOTEBOOK.name).write_bytes(NOTEBOOK.read_bytes())
+    (checkout / "data" / "demo").symlink_to(data_dir, target_is_directory=True)
+    return checkout
+
+
+def test_notebook_runs_from_notebooks_dir_with_no_environment(demo_checkout, truth):
+    """Jupyter starts the kernel in notebooks/; the user has set nothing (no CAMPAIGN_DATA_DIR, no API
+    credentials): the notebook finds the demo's data on its own and shows counts as integers."""
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
 
     # The python3 kernel must be this venv's interpreter, where campaign_pipeline is installed.
     assert KernelManager(kernel_name="python3").format_kernel_cmd()[0] == sys.executable
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
-    NotebookClient(notebook, kernel_name="python3", timeout=120,
-                   resources={"metadata": {"path": str(tmp_path)}}).execute()
+    bare = {name: os.environ[name] for name in ("PATH", "HOME") if name in os.environ}
+    notebook = nbformat.read(demo_checkout / "notebooks" / NOTEBOOK.name, as_version=4)
+    NotebookClient(notebook, kernel_name="python3", timeout=120).execute(
+        cwd=str(demo_checkout / "notebooks"), env=bare)
     outputs = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     assert sum("image/png" in o.get("data", {}) for o in outputs) >= 2
-    text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
-    assert f"{len(truth.campaigns)} of {len(truth.campaigns)} campaigns reconcile" in text
+    stdout = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stdout")
+    stderr = "".join(o.get("text", "") for o in outputs if o.output_type == "stream" and o.name == "stderr")
+    assert str(demo_checkout / "data" / "demo") in stderr  # says which data it reads
+    assert f"Partition days {START} to {END} (UTC)" in stdout  # the date range used
+    assert f"{len(truth.campaigns)} of {len(truth.campaigns)} campaigns reconcile" in stdout
+    tables = html.unescape("".join(o.get("data", {}).get("text/html", "") for o in outputs))
+    shown = stdout + tables + "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert not re.search(r"\d\.0{6}\b", shown)  # no 263.000000
+    cells = re.findall(r"<td[^>]*>\s*([^<]*?)\s*</td>", tables)
+    channels = by_channel(truth)
+    assert str(len(channels[SMS])) in cells and str(len(channels[WHATSAPP])) in cells  # totals, as integers
+    assert any(re.fullmatch(r"\d+\.\d%", c) for c in cells)  # rates as percentages
+    assert START.isoformat() in cells and f"{START} 00:00:00" not in tables  # days, not timestamps
+    # WhatsApp failures are labelled with the code and its meaning; SMS with status and carrier status.
+    for m in channels[WHATSAPP]:
+        if m["status"] == "Failed" and m["failed_reason"]:
+            code, text = split_reason(m["failed_reason"])
+            assert (f"{code} - {text}" if code else text) in cells, m["failed_reason"]
+    assert any(c.startswith("Undelivered, carrier: ") for c in cells)
 
 
 # ------------------------------------------------------------------ data dictionary and SQL files

@@ -120,7 +120,11 @@ def test_cli_demo_backfills_from_the_built_in_simulator_and_prints_the_report(tm
     result = run_cli(["demo", "--days", "2", "--data-dir", str(tmp_path / "demo")], {})
     assert result.returncode == 0, result.stderr
     assert "backfill done: 2 day(s)" in result.stderr
-    assert "warehouse:" in result.stdout and (tmp_path / "demo" / "warehouse.duckdb").exists()
+    assert f"data: {tmp_path / 'demo'}" in result.stdout and (tmp_path / "demo" / "analytics.duckdb").exists()
+    assert "make notebook" in result.stdout and "make dev" in result.stdout and "make sql" in result.stdout
+    # recorded in a Dagster instance in the demo's data dir, so `make dev` shows it
+    assert (tmp_path / "demo" / "dagster" / "dagster.yaml").exists()
+    assert "DAGSTER_HOME=" in (tmp_path / "demo" / "demo.env").read_text()
 
 
 @pytest.mark.parametrize("bad", [{"CINNOX_RATE_LIMIT_PER_MIN": "abc", "CAMPAIGN_REJECTED_THRESHOLD": "x"},

@@ -21,9 +21,14 @@ from datetime import date
 
 import dagster as dg
 
-from campaign_pipeline import engine, quality, schemas
+from campaign_pipeline import dictionary, engine, quality, schemas
 from campaign_pipeline.config import DEFAULT_APP_KEY, PipelineConfig
 from campaign_pipeline.errors import CampaignPipelineError, error_kind, storage_error
+from campaign_pipeline.orchestration.table_metadata import (
+    partition_metadata,
+    rate_metadata,
+    table_definition_metadata,
+)
 from campaign_pipeline.windows import PartitionWindow
 
 RAW_RESPONSES_NAME = "raw_campaign_responses"
@@ -89,10 +94,10 @@ def day_events(keys: AppAssetKeys, day: engine.DayResult):
         yield dg.AssetMaterialization(keys.raw, partition=day.window.key, metadata=day.landed.as_metadata())
     stats = day.stats.as_metadata()
     for name, key in keys.tables.items():
-        metadata: dict = {"dagster/row_count": day.inserted[name]}
+        metadata: dict = partition_metadata(name, day.inserted[name], day.table_rows.get(name))
         for rate, value in day.rates.get(name, {}).items():
             if value is not None:  # numeric metadata, so the UI plots it across partitions
-                metadata[rate] = dg.MetadataValue.float(round(float(value), 4))
+                metadata[rate] = rate_metadata(value)
         if name in (schemas.CAMPAIGNS.name, schemas.REJECTED_RECORDS.name):
             metadata.update({k: v for k, v in stats.items() if isinstance(v, int)})
             metadata["rejected_by_reason"] = dg.MetadataValue.json(stats["rejected_by_reason"])
@@ -116,8 +121,8 @@ def build_app_assets(cfg: PipelineConfig, partitions: dg.DailyPartitionsDefiniti
         specs=[
             dg.AssetSpec(keys.raw, description=RAW_DESCRIPTION, group_name=GROUP, kinds={"json"}, skippable=True),
             *[
-                dg.AssetSpec(key, deps=[keys.raw], description=schemas.TABLES[table].grain,
-                             group_name=GROUP, kinds={"parquet", "duckdb"}, skippable=True)
+                dg.AssetSpec(key, deps=[keys.raw], description=dictionary.table_description(table),
+                             metadata=table_definition_metadata(table), group_name=GROUP, kinds={"parquet", "duckdb"}, skippable=True)
                 for table, key in keys.tables.items()
             ],
         ],
