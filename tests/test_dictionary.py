@@ -101,10 +101,14 @@ def test_recreated_views_lose_their_comments_until_applied_again(con):
 
 
 def test_an_unknown_view_fails_loudly_and_nothing_is_commented(con):
+    before = comments(con)  # the writer's prepare() already commented what it created
+    assert all(before.values())
     con.execute("CREATE VIEW delivery_rates_hourly AS SELECT 1 AS messages")
     with pytest.raises(dictionary.DictionaryError, match="view delivery_rates_hourly has no entry"):
         dictionary.apply_comments(con)
-    assert not any(comments(con).values())
+    after = comments(con)
+    assert after[("delivery_rates_hourly", None)] is None and after[("delivery_rates_hourly", "messages")] is None
+    assert {k: v for k, v in after.items() if k[0] != "delivery_rates_hourly"} == before
 
 
 def test_an_unknown_column_or_a_vanished_one_fails_loudly(con):
