@@ -50,10 +50,9 @@ def backfill_run(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("analysts") / "data"
     server = start_simulator(campaigns_per_day=6, recipients_per_campaign=120)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+        env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
         # ~14 requests a day at 240/min: each day takes a few seconds, so the reads overlap the writes.
         env.update(simulator_env(server, data_dir, CINNOX_RATE_LIMIT_PER_MIN="240"))
-        env["CAMPAIGN_LAST_RUN_FILE"] = os.environ["CAMPAIGN_LAST_RUN_FILE"]
         end = FIRST_DAY + timedelta(days=DAYS - 1)
         backfill = subprocess.Popen([*CLI, "backfill", "--start", str(FIRST_DAY), "--end", str(end)], env=env,
                                     cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

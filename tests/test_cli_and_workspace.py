@@ -21,7 +21,7 @@ CLI = [sys.executable, "-m", "campaign_pipeline.cli"]
 
 
 def run_cli(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    full_env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_"))}
     full_env.update(env)
     return subprocess.run(CLI + args, env=full_env, capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                           check=False)
@@ -89,7 +89,7 @@ def _free_port() -> int:
 
 def test_dagster_dev_serves_the_assets_from_the_workspace(tmp_path):
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_"))}
     env.update({"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_DATA_DIR": str(tmp_path / "data"),
                 "DAGSTER_HOME": str(tmp_path / "home")})
     (tmp_path / "home").mkdir()
@@ -139,7 +139,7 @@ def test_bad_configuration_gives_the_same_one_line_error_from_the_cli_and_the_co
     (line,) = cli.stderr.splitlines()
     assert line.startswith("error: ") and "Traceback" not in cli.stderr
     message = line.removeprefix("error: ")
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    full_env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_"))}
     full_env.update(env, DAGSTER_HOME=str(tmp_path / "home"))
     (tmp_path / "home").mkdir()
     dagster = Path(sys.executable).with_name("dagster")
@@ -148,3 +148,40 @@ def test_bad_configuration_gives_the_same_one_line_error_from_the_cli_and_the_co
     output = location.stdout + location.stderr
     assert "Validation failed for code location campaign_pipeline" in output
     assert f"campaign_pipeline code location: {message}" in output
+
+
+def test_demo_days_out_of_range_is_one_line_about_days(tmp_path):
+    result = run_cli(["demo", "--days", "0", "--data-dir", str(tmp_path / "d")], {})
+    assert result.returncode == 2
+    assert "'0' is not a number of days between 1 and 3660" in result.stderr and "--start" not in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_demo_reaching_before_the_configured_first_partition_says_how_to_fix(tmp_path):
+    result = run_cli(["demo", "--days", "1500", "--data-dir", str(tmp_path / "d")],
+                     {"CAMPAIGN_PARTITION_START": "2024-01-01"})
+    assert result.returncode == 2
+    assert "before CAMPAIGN_PARTITION_START=2024-01-01; use fewer --days or unset" in result.stderr, result.stderr
+
+
+def test_demo_data_dir_flag_wins_over_the_environment(tmp_path):
+    result = run_cli(["demo", "--days", "1", "--data-dir", str(tmp_path / "flag")],
+                     {"CAMPAIGN_DATA_DIR": str(tmp_path / "env")})
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "flag" / "analytics.duckdb").exists() and not (tmp_path / "env").exists()
+
+
+def test_the_simulator_subcommand_takes_its_own_options():
+    result = run_cli(["simulator", "--help"], {}, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "campaign-pipeline simulator" in result.stdout and "--port" in result.stdout
+    bad = run_cli(["simulator", "--port", "not-a-port"], {}, timeout=60)
+    assert bad.returncode == 2 and "--port" in bad.stderr
+
+
+def test_read_only_commands_say_what_to_do_when_there_is_no_data(tmp_path):
+    env = {"CAMPAIGN_DATA_DIR": str(tmp_path / "nothing")}
+    report = run_cli(["report"], env, timeout=60)
+    assert report.returncode == 1 and "run `make demo` or a backfill first" in report.stderr
+    sql = run_cli(["sql", "--print-path"], env, timeout=60)
+    assert sql.returncode == 2 and "run `make demo` or a backfill first" in sql.stderr

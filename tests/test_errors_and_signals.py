@@ -53,7 +53,7 @@ def test_signals_stop_backfill_promptly_and_keep_published_days(published, tmp_p
                                     (signal.SIGTERM, 143, ["--dagster"])):
             data_dir = copy_of(published, tmp_path / f"{signum.name}{'-'.join(flags)}")
             before = table_fingerprint(data_dir / WAREHOUSE)
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+            env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
             env.update(simulator_env(slow, data_dir))
             process = subprocess.Popen([*CLI, "backfill", *flags, "--start", DAY, "--end", DAY], env=env,
                                        cwd=ROOT, stderr=subprocess.PIPE, text=True)
@@ -154,7 +154,7 @@ def test_full_disk_at_commit_exits_4_and_keeps_published_days(published, tmp_pat
     before = table_fingerprint(data_dir / WAREHOUSE)
     big = start_simulator(campaigns_per_day=6, recipients_min=1500, recipients_max=1500)
     try:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+        env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
         env.update(simulator_env(big, data_dir))
         # Big enough for the day's landing and Parquet files, too small for its rows in DuckDB's WAL.
         result = subprocess.run([*CLI, "backfill", "--start", OTHER_DAY, "--end", OTHER_DAY], env=env, cwd=ROOT,

@@ -304,7 +304,7 @@ def test_padded_detail_body_under_the_cap_decodes_to_the_clean_records(serve):
 
 def cli_env(server: SimulatorServer, data_dir: Path, **extra: str) -> dict[str, str]:
     """This process's environment without pipeline settings, pointed at ``server`` as a real CINNOX app."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+    clean = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
     return {**clean, **simulator_env(server, data_dir, **extra)}
 
 

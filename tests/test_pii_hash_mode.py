@@ -293,7 +293,7 @@ class Run:
 
 
 def _backfill(api: ThreadingHTTPServer, data_dir: Path, **extra: str) -> Run:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+    env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
     env.update({
         "CAMPAIGN_SOURCE": "cinnox", "CINNOX_BASE_URL": f"http://127.0.0.1:{api.server_address[1]}",
         "CINNOX_APP_ID": APP_ID, "CINNOX_APP_TOKEN": TOKEN, "CINNOX_RATE_LIMIT_PER_MIN": "60000",

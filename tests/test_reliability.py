@@ -59,7 +59,7 @@ LOCK_ERRORS = ("database is locked", "could not set lock", "conflicting lock", "
 
 def clean_env() -> dict[str, str]:
     """This process's environment without any pipeline, CINNOX or Dagster setting."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+    return {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
 
 
 def cli_env(server: SimulatorServer, data_dir: Path, **extra: str) -> dict[str, str]:

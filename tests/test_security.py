@@ -59,7 +59,7 @@ SUMMARY_WINDOW = (datetime(2024, 5, 2, tzinfo=UTC), datetime(2024, 5, 3, tzinfo=
 
 
 def cli_env(base_url: str, data_dir: Path, token: str = TOKEN, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
+    env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_", "DAGSTER_"))}
     env.update({
         "CAMPAIGN_SOURCE": "cinnox", "CINNOX_BASE_URL": base_url, "CINNOX_APP_ID": "sim-app",
         "CINNOX_APP_TOKEN": token, "CINNOX_RATE_LIMIT_PER_MIN": "60000", "CAMPAIGN_DATA_DIR": str(data_dir),

@@ -76,7 +76,7 @@ def test_an_empty_reload_never_erases_a_published_day(good_day):
 
 def test_a_blocking_check_failure_leaves_the_report_identical(good_day, tmp_path):
     server, data_dir, before = good_day
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_"))}
     env.update(simulator_env(server, data_dir))
     report = [sys.executable, "-m", "campaign_pipeline.cli", "report", "--start", DAY.isoformat(), "--end",
               DAY.isoformat(), "--by", "campaign"]
@@ -129,7 +129,7 @@ def test_a_resplit_of_an_intact_landing_file_gives_identical_tables(good_day):
 
 def test_the_partition_timezone_is_pinned_to_the_data_dir(good_day):
     server, data_dir, before = good_day
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("CINNOX_", "CAMPAIGN_"))}
+    env = {k: v for k, v in os.environ.items() if k == "CAMPAIGN_LAST_RUN_FILE" or not k.startswith(("CINNOX_", "CAMPAIGN_"))}
     env.update(simulator_env(server, data_dir, CAMPAIGN_PARTITION_TZ="Asia/Hong_Kong"))
     result = subprocess.run([sys.executable, "-m", "campaign_pipeline.cli", "backfill", "--start", "2024-05-02",
                              "--end", "2024-05-02"], env=env, capture_output=True, text=True, cwd=ROOT, timeout=120,
