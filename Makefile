@@ -27,7 +27,8 @@ $(VENV)/.installed-%: pyproject.toml | $(BIN)/python
 demo: $(VENV)/.installed-core  ## backfill the last 7 days from the built-in simulator and print the report
 	$(BIN)/campaign-pipeline demo
 
-test: $(VENV)/.installed-dev  ## the whole test suite, after `dg check defs`
+test: $(VENV)/.installed-dev  ## `dg check defs`, then the whole test suite
+	CAMPAIGN_SOURCE=simulator VIRTUAL_ENV=$(CURDIR)/$(VENV) $(BIN)/dg check defs
 	$(BIN)/python -m pytest
 
 dev: $(VENV)/.installed-dev  ## the Dagster UI on http://127.0.0.1:3000 (the demo's data after make demo)
