@@ -92,8 +92,9 @@ def compare(pythons: list[str], repeat: int, rows: int, output: Path) -> None:
                      f"{row['peak_rss_mb']:.0f} |")
     if len(medians) == 2:
         (a, ra), (b, rb) = medians.items()
-        lines += ["", f"Ratios {a} / {b}: load {ra['load_s'] / rb['load_s']:.2f}x, query "
-                      f"{ra['query_s'] / rb['query_s']:.2f}x, peak RSS {ra['peak_rss_mb'] / rb['peak_rss_mb']:.2f}x."]
+        ratios = (f"Ratios {a} / {b}: load {ra['load_s'] / rb['load_s']:.2f}x, query "
+                  f"{ra['query_s'] / rb['query_s']:.2f}x, peak RSS {ra['peak_rss_mb'] / rb['peak_rss_mb']:.2f}x.")
+        lines += ["", ratios]
     output.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
