@@ -35,7 +35,7 @@ dev: $(VENV)/.installed-dev  ## the Dagster UI on http://127.0.0.1:3000 (the dem
 	$(BIN)/campaign-pipeline ui
 
 notebook: $(VENV)/.installed-notebook  ## JupyterLab on the delivery-rates notebook
-	$(BIN)/jupyter-lab notebooks/delivery_rates.ipynb
+	$(BIN)/jupyter-lab $(if $(filter 0,$(shell id -u)),--allow-root) notebooks/delivery_rates.ipynb
 
 sql: $(VENV)/.installed-sql  ## the DuckDB CLI, read-only on the analysts' database
 	$(BIN)/campaign-pipeline sql

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import duckdb
@@ -148,6 +149,31 @@ def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def ducklake_from_env(data_dir: Path, env: Mapping[str, str] | None = None):
+    """The DuckLake warehouse ``CAMPAIGN_WAREHOUSE_URI`` names (its data under the lake of
+    ``data_dir`` or ``CAMPAIGN_LAKE_URI``), or None for the DuckDB file. Reads no API settings."""
+    from campaign_pipeline.config import SETTINGS
+    from campaign_pipeline.errors import ConfigError
+    from campaign_pipeline.warehouse import DuckLakeWarehouse, s3_settings
+
+    env = os.environ if env is None else env
+    values = {}
+    for setting in SETTINGS:
+        if setting.name in ("CAMPAIGN_WAREHOUSE_URI", "CAMPAIGN_LAKE_URI", "AWS_ENDPOINT_URL", "AWS_REGION",
+                            "AWS_DEFAULT_REGION"):
+            text = (env.get(setting.name) or "").strip()
+            try:
+                values[setting.name] = setting.parser(text, setting.name) if text else None
+            except ValueError as error:
+                raise ConfigError(f"{setting.name}: {error}") from None
+    if not values["CAMPAIGN_WAREHOUSE_URI"]:
+        return None
+    lake = values["CAMPAIGN_LAKE_URI"] or str(data_dir / settings.LAKE_DIRNAME)
+    region = values["AWS_REGION"] or values["AWS_DEFAULT_REGION"]
+    return DuckLakeWarehouse(values["CAMPAIGN_WAREHOUSE_URI"], f"{lake}/ducklake/",
+                             s3_settings(values["AWS_ENDPOINT_URL"], region, env))
+
+
 def connect(data_dir: str | Path | None = None, *, announce: bool = True) -> duckdb.DuckDBPyConnection:
     """A read-only connection on the analysts' database of ``data_dir`` (default: located with
     :func:`locate_data_dir`, said on stderr when ``announce``). Never waits and never needs API
@@ -156,6 +182,9 @@ def connect(data_dir: str | Path | None = None, *, announce: bool = True) -> duc
     if data_dir is None:
         data_dir = announce_data_dir() if announce else locate_data_dir()[0]
     data_dir = resolve(data_dir)
+    ducklake = ducklake_from_env(data_dir)
+    if ducklake is not None:  # readers of a DuckLake see committed snapshots and never wait
+        return ducklake.connect(read_only=True)
     path = data_dir / ANALYTICS_FILENAME
     if not path.is_file():
         warehouse = data_dir / settings.WAREHOUSE_FILENAME

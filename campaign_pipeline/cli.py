@@ -276,7 +276,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
     root = locations.project_root()
     env = dict(os.environ)
     dotenv = _dotenv_values(root / ".env")
-    real_app = bool(env.get("CINNOX_APP_TOKEN", "").strip() or dotenv.get("CINNOX_APP_TOKEN", "").strip())
+    placeholder = _dotenv_values(root / ".env.example").get("CINNOX_APP_TOKEN", "")  # an unfilled copy
+    tokens = (env.get("CINNOX_APP_TOKEN", "").strip(), dotenv.get("CINNOX_APP_TOKEN", "").strip())
+    real_app = any(token and token != placeholder for token in tokens)
     workdir = root
     if not real_app:
         # Dagster loads ./.env over the environment: an unfilled copy of .env.example must not

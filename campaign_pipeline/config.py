@@ -32,6 +32,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date
@@ -230,6 +231,16 @@ def _lake_uri(text: str, variable: str) -> str:
     return "s3://" + location
 
 
+def _warehouse_uri(text: str, variable: str) -> str:
+    if not text.startswith("ducklake:") or len(text) == len("ducklake:"):
+        raise _Invalid("is not a DuckLake URI: ducklake:postgres:<connection string> or ducklake:<catalog file>; "
+                       "unset it for the DuckDB file")
+    rest = text.removeprefix("ducklake:")
+    if rest.startswith("postgres:"):
+        return text
+    return "ducklake:" + str(locations.resolve(_path(rest)))
+
+
 def _app_keys(text: str, variable: str) -> tuple[str, ...]:
     return app_keys(text)
 
@@ -310,6 +321,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("CAMPAIGN_LAKE_URI", _lake_uri, attr="lake_uri", shown_default="<data dir>/lake",
             help="the lake elsewhere: a local path or s3://bucket/prefix (credentials from the standard "
                  "AWS variables)"),
+    Setting("CAMPAIGN_WAREHOUSE_URI", _warehouse_uri, attr="warehouse_uri", secret=True,
+            shown_default="<data dir>/warehouse.duckdb",
+            help="the warehouse: unset for the DuckDB file, or a DuckLake: ducklake:postgres:<libpq connection "
+                 "string> (several hosts) or ducklake:<catalog file>; its Parquet files go under "
+                 "<lake>/ducklake/. A secret (it may hold a password)"),
     Setting("AWS_ENDPOINT_URL", _base_url, attr="s3_endpoint_url",
             help="S3-compatible endpoint for an s3:// lake (MinIO, R2...); unset for AWS itself"),
     Setting("AWS_REGION", _text, _default_region, attr="s3_region", shown_default="AWS_DEFAULT_REGION",
@@ -397,6 +413,7 @@ class PipelineConfig:
     rate_limit_per_min: float
     data_dir: Path
     lake_uri: str | None
+    warehouse_uri: str | None = field(repr=False)
     s3_endpoint_url: str | None
     s3_region: str | None
     partition_start: date
@@ -420,6 +437,11 @@ class PipelineConfig:
     def lake_root(self) -> str:
         """Root of the Parquet lake: ``CAMPAIGN_LAKE_URI`` or ``<data_dir>/lake``."""
         return self.lake_uri or str(self.data_dir / settings.LAKE_DIRNAME)
+
+    @property
+    def ducklake_data_path(self) -> str:
+        """Where a DuckLake warehouse keeps its Parquet files: ``<lake>/ducklake/``."""
+        return f"{self.lake_root}/ducklake/"
 
     @property
     def warehouse_path(self) -> Path:
@@ -677,7 +699,7 @@ def _claim_marker(marker: Path, value: str) -> str:
     runs racing on a fresh data dir never read a half-written marker.
     """
     if not marker.exists():
-        temp = marker.with_name(f"{marker.name}.tmp-{os.getpid()}")
+        temp = marker.with_name(f"{marker.name}.tmp-{os.getpid()}-{threading.get_ident()}")
         temp.write_text(value + "\n")
         try:
             os.link(temp, marker)

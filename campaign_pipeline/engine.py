@@ -50,7 +50,12 @@ from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError,
 from campaign_pipeline.lake import Lake, StagedFile
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
-from campaign_pipeline.warehouse import DEFAULT_LOCK_TIMEOUT_S, DEFAULT_OPEN_TIMEOUT_S, Warehouse
+from campaign_pipeline.warehouse import (
+    DEFAULT_LOCK_TIMEOUT_S,
+    DEFAULT_OPEN_TIMEOUT_S,
+    Warehouse,
+    open_warehouse,
+)
 from campaign_pipeline.windows import PartitionWindow
 
 progress_log = logging.getLogger("campaign_pipeline.progress")
@@ -132,11 +137,12 @@ class RunOptions:
     run_id: str = field(default_factory=lambda: datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}")
     lock_wait_s: float | None = None
 
-    def warehouse(self, path: Path) -> Warehouse:
-        """The run's warehouse at ``path``, with the run's lock waits."""
-        if self.lock_wait_s is None:
-            return Warehouse(path, DEFAULT_LOCK_TIMEOUT_S, DEFAULT_OPEN_TIMEOUT_S)
-        return Warehouse(path, self.lock_wait_s, self.lock_wait_s)
+    def warehouse(self, cfg: PipelineConfig) -> Warehouse:
+        """The run's warehouse (the DuckDB file, or the DuckLake of ``CAMPAIGN_WAREHOUSE_URI``),
+        with the run's lock waits."""
+        waits = ((DEFAULT_LOCK_TIMEOUT_S, DEFAULT_OPEN_TIMEOUT_S) if self.lock_wait_s is None
+                 else (self.lock_wait_s, self.lock_wait_s))
+        return open_warehouse(cfg, *waits)
 
 
 def day_windows(start: date, end: date, tz_name: str) -> list[PartitionWindow]:
@@ -162,9 +168,10 @@ def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow]
     options = options or RunOptions()
     _pin_malloc_mmap_threshold()
     prepare_data_dir(cfg)
-    analytics.refresh(cfg.data_dir, cfg.lake_root)
+    if not cfg.warehouse_uri:  # a DuckLake is read directly: its readers never wait
+        analytics.refresh(cfg.data_dir, cfg.lake_root)
     lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
-    warehouse = options.warehouse(cfg.warehouse_path)
+    warehouse = options.warehouse(cfg)
     with contextlib.ExitStack() as stack:
         client = None if options.resplit else stack.enter_context(open_client(cfg, app, log))
         for number, window in enumerate(windows, start=1):
@@ -226,7 +233,8 @@ def _publish(cfg: PipelineConfig, staged: list[StagedFile]) -> None:
     (it gains a table's view the first time that table has a file)."""
     for file in staged:
         file.commit()
-    analytics.refresh(cfg.data_dir, cfg.lake_root)
+    if not cfg.warehouse_uri:
+        analytics.refresh(cfg.data_dir, cfg.lake_root)
 
 
 def _load_and_audit(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, warehouse: Warehouse,

@@ -1,6 +1,6 @@
 """Record parsing: one raw CINNOX API record in, one typed row (or a rejection reason) out.
 
-Tolerant of how records really arrive (see ``shared/reference/cinnox-api.md``): recipients as
+Tolerant of how records really arrive: recipients as
 JSON numbers or digit strings, ``numSMS`` as a numeric string, both spellings of
 ``LastUpdatedDateTime``, RFC3339 with or without milliseconds and with ``Z`` or an offset, the
 other channel's fields absent, ``""`` or ``null``, and statuses in any casing.

@@ -1,7 +1,7 @@
 """Constants only: the CINNOX API contract as we read it, and pipeline defaults.
 
-Several API names are [ASSUMED] in ``shared/reference/cinnox-api.md``; they live here, in one
-place, so that a correction is a one-line change.
+Several API names are assumptions (the vendor documents the endpoints, not every field and paging
+rule); they live here, in one place, so that a correction is a one-line change.
 """
 
 from __future__ import annotations

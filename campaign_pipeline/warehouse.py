@@ -15,9 +15,11 @@ after the transaction is rolled back, so a failing rollback never hides it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+import random
 import re
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -45,6 +47,9 @@ log = logging.getLogger(__name__)
 DEFAULT_LOCK_TIMEOUT_S = 1800.0
 DEFAULT_OPEN_TIMEOUT_S = 120.0
 _RETRY_MAX_DELAY_S = 0.25  # a waiting connection retries at least this often
+MAX_COMMIT_ATTEMPTS = 8  # a DuckLake commit that conflicts with another writer is redone this often
+_CONFLICT_BACKOFF_MAX_S = 4.0  # full-jitter backoff between attempts: at most ~20 s in all
+_CONFLICT = re.compile(r"conflict", re.IGNORECASE)
 _META_TABLE = "_campaign_pipeline_meta"
 #: Writer connections: DuckDB never reaches the network for extensions, and its buffer pool stays at
 #: 64 MB (it spills the rest to disk; a day is loaded from its staged Parquet files, which DuckDB
@@ -153,6 +158,23 @@ class Warehouse:
         day's files are moved into place there, so a second writer of the same day cannot commit in
         between and leave DuckDB and the lake on different versions). Returns (rows inserted per
         table, committed)."""
+        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+            try:
+                return self._replace_once(day, tables, app_id, audit, before, after_commit)
+            except duckdb.TransactionException as error:
+                # DuckLake commits optimistically: a writer of another day of the same table can
+                # make this commit conflict. Nothing was published; do the whole transaction again
+                # (write, audit, publish), so the write-audit-publish rule holds on every attempt.
+                if not _CONFLICT.search(str(error)):
+                    raise self._translate(error) from error
+                if attempt == MAX_COMMIT_ATTEMPTS:
+                    raise
+                log.warning("%s: commit conflicted with another writer (attempt %d of %d); retrying",
+                            day, attempt, MAX_COMMIT_ATTEMPTS)
+                time.sleep(random.uniform(0, min(_CONFLICT_BACKOFF_MAX_S, 0.25 * 2**attempt)))
+        raise AssertionError("unreachable")
+
+    def _replace_once(self, day, tables, app_id, audit, before, after_commit) -> tuple[dict[str, int], bool]:
         inserted: dict[str, int] = {}
         with self.writer() as con:
             con.execute("BEGIN TRANSACTION")
@@ -167,9 +189,13 @@ class Warehouse:
                 crash_point("warehouse_before_commit")
                 if publish:
                     con.execute("COMMIT")
+            except duckdb.TransactionException:
+                with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended the transaction
+                    con.execute("ROLLBACK")
+                raise
             except duckdb.Error as error:
                 _rollback(con)
-                raise _translate(error, self.path) from error
+                raise self._translate(error) from error
             except BaseException:
                 _rollback(con)
                 raise
@@ -179,6 +205,9 @@ class Warehouse:
             if after_commit is not None:
                 after_commit()
         return inserted, True
+
+    def _translate(self, error: duckdb.Error) -> BaseException:
+        return _translate(error, self.path)
 
 
 def _insert(con: duckdb.DuckDBPyConnection, spec: schemas.TableSpec, rows) -> int:
@@ -285,14 +314,15 @@ def definitions_digest() -> str:
 def prepare(con: duckdb.DuckDBPyConnection) -> None:
     """Create/verify tables and (re)create views, unless this exact code already did so for this file."""
     digest = definitions_digest()
-    con.execute(f'CREATE TABLE IF NOT EXISTS "{_META_TABLE}" (key VARCHAR PRIMARY KEY, value VARCHAR)')
+    con.execute(f'CREATE TABLE IF NOT EXISTS "{_META_TABLE}" (key VARCHAR, value VARCHAR)')
     row = con.execute(f'SELECT value FROM "{_META_TABLE}" WHERE key = ?', ["definitions_digest"]).fetchone()
     if row is not None and row[0] == digest:
         return
     ensure_schema(con)
     ensure_views(con)
     dictionary.apply_comments(con)  # after the views: CREATE OR REPLACE VIEW drops a view's comments
-    con.execute(f'INSERT OR REPLACE INTO "{_META_TABLE}" VALUES (?, ?)', ["definitions_digest", digest])
+    con.execute(f'DELETE FROM "{_META_TABLE}" WHERE key = ?', ["definitions_digest"])
+    con.execute(f'INSERT INTO "{_META_TABLE}" VALUES (?, ?)', ["definitions_digest", digest])
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
@@ -301,7 +331,8 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(schemas.duckdb_ddl(spec))
         actual = con.execute(
             "SELECT column_name, data_type FROM information_schema.columns "
-            "WHERE table_name = ? AND table_schema = 'main' ORDER BY ordinal_position",
+            "WHERE table_name = ? AND table_schema = 'main' AND table_catalog = current_database() "
+            "ORDER BY ordinal_position",
             [spec.name],
         ).fetchall()
         expected = [(f.name, schemas.duckdb_type(f.type)) for f in spec.schema]
@@ -351,3 +382,179 @@ def connect_with_retry(path: str, read_only: bool, timeout_s: float) -> duckdb.D
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, _RETRY_MAX_DELAY_S)
+
+
+# ---------------------------------------------------------------------------------------------
+# DuckLake: the catalog in PostgreSQL (several hosts) or a local file, the data as Parquet
+# ---------------------------------------------------------------------------------------------
+
+DUCKLAKE_PREFIX = "ducklake:"
+_INIT_ATTEMPTS = 5
+_INIT_RACE = re.compile(r"Failed to initialize DuckLake.*already exists", re.IGNORECASE | re.DOTALL)
+_CATALOG = "warehouse"
+#: The extensions a DuckLake warehouse needs, from the ``ducklake`` extra: DuckDB's signed builds
+#: on PyPI (package, the name DuckDB derives the entry point from).
+_EXTENSIONS = {"postgres": ("duckdb_extension_postgres", "postgres_scanner"),
+               "ducklake": ("duckdb_extension_ducklake", "ducklake"),
+               "httpfs": ("duckdb_extension_httpfs", "httpfs")}
+_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+
+
+def redact_uri(text: str) -> str:
+    """``text`` with every ``password=...`` of a libpq connection string replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***", text)
+
+
+def _quote(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
+    """``LOAD`` one of :data:`_EXTENSIONS` from its PyPI package (this machine never downloads one)."""
+    import importlib
+    import shutil
+    import tempfile
+
+    package, entry = _EXTENSIONS[name]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        from campaign_pipeline.errors import ConfigError
+
+        raise ConfigError(f"a DuckLake warehouse needs DuckDB's {name} extension: pip install -e '.[ducklake]'") from None
+    source = next(Path(module.__file__).parent.rglob("*.duckdb_extension"))
+    directory = Path(tempfile.gettempdir()) / f"campaign_pipeline-extensions-{duckdb.__version__}"
+    target = directory / f"{entry}.duckdb_extension"  # DuckDB takes the entry point from the file name
+    if not target.exists() or target.stat().st_size != source.stat().st_size:
+        directory.mkdir(parents=True, exist_ok=True)
+        temp = directory / f".{entry}.{os.getpid()}"
+        shutil.copyfile(source, temp)
+        os.replace(temp, target)
+    con.execute(f"LOAD {_quote(str(target))}")
+
+
+class DuckLakeWarehouse(Warehouse):
+    """The warehouse as a DuckLake: ``ATTACH 'ducklake:<catalog>' (DATA_PATH ...)``.
+
+    The catalog is a PostgreSQL database (``ducklake:postgres:<libpq conninfo>``, for several
+    hosts) or a local DuckDB file (``ducklake:<path>``); the tables' Parquet files live under
+    ``data_path`` (local or ``s3://``). Writers are not serialized by a lock: DuckLake commits
+    optimistically and :meth:`replace_partition` redoes a conflicted transaction (bounded). Readers
+    see committed snapshots and never wait. The same tables, views, macros, comments and checks
+    as the DuckDB file.
+    """
+
+    def __init__(self, uri: str, data_path: str, s3: Mapping[str, str] | None = None,
+                 lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S, open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S):
+        if not uri.startswith(DUCKLAKE_PREFIX):
+            raise ValueError("a DuckLake URI starts with ducklake:")
+        self.uri = uri
+        self.data_path = data_path.rstrip("/") + "/"
+        self.s3 = dict(s3 or {})
+        self.path = Path(data_path)  # where storage errors are reported
+        self.lock_timeout_s = lock_timeout_s
+        self.open_timeout_s = open_timeout_s
+
+    def __repr__(self) -> str:
+        return f"DuckLakeWarehouse({redact_uri(self.uri)}, data_path={self.data_path})"
+
+    def connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
+        """An attached connection (``USE warehouse``); failures as one redacted line."""
+        con = duckdb.connect(config=WRITER_CONFIG)
+        try:
+            if self.uri.startswith(DUCKLAKE_PREFIX + "postgres:"):
+                load_extension(con, "postgres")
+            load_extension(con, "ducklake")
+            if self.data_path.startswith("s3://"):
+                load_extension(con, "httpfs")
+                con.execute(_s3_secret(self.s3))
+                # Upload parts of ~5 MiB (S3's minimum) instead of the default ~77 MiB, which alone
+                # would exceed the writer's 64 MB memory limit: part size = max file size / 10,000.
+                con.execute("SET s3_uploader_max_filesize = '50GB'")
+            options = f"DATA_PATH {_quote(self.data_path)}" + (", READ_ONLY" if read_only else "")
+            for attempt in range(1, _INIT_ATTEMPTS + 1):
+                try:
+                    con.execute(f"ATTACH {_quote(self.uri)} AS {_CATALOG} ({options})")
+                    break
+                except duckdb.Error as error:
+                    # Two first writers creating the catalog at once: one wins, the other attaches it.
+                    if attempt == _INIT_ATTEMPTS or not _INIT_RACE.search(str(error)):
+                        raise
+                    time.sleep(0.5 * attempt)
+            con.execute(f"USE {_CATALOG}")
+        except duckdb.Error as error:
+            con.close()
+            raise WarehouseUnusableError(f"cannot attach the DuckLake warehouse {redact_uri(self.uri)}: "
+                                         f"{redact_uri(' '.join(str(error).split()))}") from None
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    @contextmanager
+    def writer(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-write connection on the attached DuckLake, tables and views prepared."""
+        con = self.connect(read_only=False)
+        try:
+            try:
+                prepare(con)
+            except duckdb.TransactionException as error:  # another writer prepared it at the same moment
+                if not _CONFLICT.search(str(error)):
+                    raise
+                prepare(con)
+            except duckdb.Error as error:
+                raise self._translate(error) from error
+            yield con
+        finally:
+            _close(con)
+
+    @contextmanager
+    def reader(self, timeout_s: float | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A read-only connection on the latest committed snapshot (never waits for writers)."""
+        con = self.connect(read_only=True)
+        try:
+            con.execute("SET autoinstall_known_extensions = false")
+            con.execute("SET autoload_known_extensions = false")
+            yield con
+        finally:
+            con.close()
+
+    def _translate(self, error: duckdb.Error) -> BaseException:
+        translated = _translate(error, self.path)
+        if translated is error:
+            return type(error)(redact_uri(str(error)))
+        return translated
+
+
+def _s3_secret(s3: Mapping[str, str]) -> str:
+    """``CREATE SECRET`` for an s3:// data path from the standard AWS settings."""
+    parts = ["TYPE s3"]
+    for option, key in (("KEY_ID", "key_id"), ("SECRET", "secret"), ("SESSION_TOKEN", "session_token"),
+                        ("REGION", "region")):
+        if s3.get(key):
+            parts.append(f"{option} {_quote(s3[key])}")
+    endpoint = s3.get("endpoint_url")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        parts += [f"ENDPOINT {_quote(host.rstrip('/'))}", "URL_STYLE 'path'",
+                  f"USE_SSL {'true' if scheme == 'https' else 'false'}"]
+    return f"CREATE OR REPLACE SECRET campaign_pipeline_s3 ({', '.join(parts)})"
+
+
+def open_warehouse(cfg, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+                   open_timeout_s: float = DEFAULT_OPEN_TIMEOUT_S) -> Warehouse:
+    """The configured warehouse: the DuckDB file ``<data_dir>/warehouse.duckdb``, or the DuckLake
+    of ``CAMPAIGN_WAREHOUSE_URI`` (``cfg`` is a :class:`campaign_pipeline.config.PipelineConfig`)."""
+    if not cfg.warehouse_uri:
+        return Warehouse(cfg.warehouse_path, lock_timeout_s, open_timeout_s)
+    return DuckLakeWarehouse(cfg.warehouse_uri, cfg.ducklake_data_path, s3_settings(cfg.s3_endpoint_url, cfg.s3_region),
+                             lock_timeout_s, open_timeout_s)
+
+
+def s3_settings(endpoint_url: str | None, region: str | None, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The S3 options of a DuckLake data path on S3, from the standard AWS variables."""
+    env = os.environ if env is None else env
+    return {key: value for key, value in (
+        ("key_id", env.get("AWS_ACCESS_KEY_ID")), ("secret", env.get("AWS_SECRET_ACCESS_KEY")),
+        ("session_token", env.get("AWS_SESSION_TOKEN")), ("region", region), ("endpoint_url", endpoint_url),
+    ) if value}

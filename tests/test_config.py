@@ -450,7 +450,8 @@ def test_declaration_fills_every_config_field_exactly_once():
             assert setting.required_if[0] in names[:index], setting.name
         if setting.per_app:  # the app keys are read before any per-app variable
             assert "CAMPAIGN_APPS" in names[:index], setting.name
-    assert {s.name for s in SETTINGS if s.secret} == {"CINNOX_APP_TOKEN", "CAMPAIGN_PII_SALT", "CAMPAIGN_ALERT_WEBHOOK_URL"}
+    assert {s.name for s in SETTINGS if s.secret} == {"CINNOX_APP_TOKEN", "CAMPAIGN_PII_SALT", "CAMPAIGN_ALERT_WEBHOOK_URL",
+                                                       "CAMPAIGN_WAREHOUSE_URI"}
     secret_fields = {f.name for f in dataclasses.fields(PipelineConfig) + dataclasses.fields(AppConfig) if not f.repr}
     assert secret_fields == {s.attr for s in SETTINGS if s.secret}
 

@@ -134,8 +134,9 @@ def build_app_assets(cfg: PipelineConfig, partitions: dg.DailyPartitionsDefiniti
         partitions_def=partitions,
         backfill_policy=dg.BackfillPolicy.single_run(),
         name=name,
-        # One slot: keeps the fleet inside the API's request budget and DuckDB's single writer.
-        pool=API_POOL,
+        # One slot: keeps the fleet inside the API's request budget and DuckDB's single writer. A
+        # DuckLake takes concurrent writers, so each app gets its own pool (its own request budget).
+        pool=API_POOL if not cfg.warehouse_uri else f"{API_POOL}_{app_key}",
     )
     def campaign_partition(context: dg.AssetExecutionContext, config: CampaignRunConfig):
         """Fetch (or re-split), write, audit and publish each day of the run's partition range."""
