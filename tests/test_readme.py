@@ -316,11 +316,11 @@ def report_by_country(session: Session, command: str) -> None:
 
 def notebook(session: Session, command: str) -> None:
     recipe = session.recipe(command.removeprefix("make "))
-    assert recipe == ".venv/bin/jupyter-lab notebooks/delivery_rates.ipynb", recipe
+    # JupyterLab refuses root without --allow-root (containers, CI): the Makefile adds it for root.
+    root_flag = " --allow-root" if os.geteuid() == 0 else ""
+    assert recipe == f".venv/bin/jupyter-lab{root_flag} notebooks/delivery_rates.ipynb", recipe
     port, token = free_port(), "readme-test"
     options = ["--no-browser", f"--port={port}", f"--IdentityProvider.token={token}"]
-    if os.geteuid() == 0:  # JupyterLab refuses root without it (containers, CI)
-        options.append("--allow-root")
     auth = {"Authorization": f"token {token}"}
 
     def ready(server: Server) -> bool:
