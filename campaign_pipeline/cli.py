@@ -174,6 +174,19 @@ def cmd_backfill(args: argparse.Namespace) -> int:
 DEMO_DATA_DIR = "data/demo"
 DEMO_ENV_FILENAME = "demo.env"
 DEMO_DAGSTER_DIRNAME = "dagster"
+#: Settings the demo takes from the environment; every other one is left out (see :func:`cmd_demo`).
+DEMO_KEEPS = frozenset({"CAMPAIGN_PARTITION_TZ", "CAMPAIGN_PARTITION_START", "CAMPAIGN_LAST_RUN_FILE",
+                        "CAMPAIGN_FETCH_WORKERS", "CAMPAIGN_SIM_SEED", "CAMPAIGN_SIM_CAMPAIGNS_PER_DAY",
+                        "CAMPAIGN_SIM_RECIPIENTS_PER_CAMPAIGN"})
+
+
+def _app_keys_in_env() -> tuple[str, ...]:
+    from campaign_pipeline.config import app_keys
+
+    try:
+        return app_keys(os.environ.get("CAMPAIGN_APPS"))
+    except ConfigError:
+        return ()
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -181,14 +194,21 @@ def cmd_demo(args: argparse.Namespace) -> int:
     dir, recorded in a Dagster instance there (so ``make dev`` shows it), print the report and the
     next commands."""
     from campaign_pipeline import locations
+    from campaign_pipeline.config import environment_variable_names
+    from campaign_pipeline.windows import latest_complete_day
 
-    if args.data_dir is not None:
-        data_dir = locations.resolve(args.data_dir)
-    elif os.environ.get("CAMPAIGN_DATA_DIR", "").strip():
-        data_dir = locations.resolve(os.environ["CAMPAIGN_DATA_DIR"].strip())
-    else:
-        data_dir = locations.resolve(DEMO_DATA_DIR)
-    end = datetime.now(UTC).date() - timedelta(days=1)
+    # The demo writes only to its own data dir: whatever the shell points at (a real app, a
+    # DuckLake, an S3 lake, a PII salt, another data dir) is left out of its environment.
+    ignored = sorted(name for name in environment_variable_names(_app_keys_in_env())
+                     if name not in DEMO_KEEPS and os.environ.get(name, "").strip())
+    for name in ignored:
+        del os.environ[name]
+    if ignored:
+        print(f"demo: ignoring {', '.join(ignored)} (it uses the built-in simulator and its own data dir)",
+              file=sys.stderr)
+    data_dir = locations.resolve(args.data_dir or DEMO_DATA_DIR)
+    tz = os.environ.get("CAMPAIGN_PARTITION_TZ", "").strip() or "UTC"
+    end = latest_complete_day(datetime.now(UTC), tz)
     start = end - timedelta(days=args.days - 1)
     first = os.environ.get("CAMPAIGN_PARTITION_START", "").strip()
     if first and first > start.isoformat():
@@ -198,7 +218,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     demo_env = {
         "CAMPAIGN_SOURCE": "simulator",
         "CAMPAIGN_DATA_DIR": str(data_dir),
-        "CAMPAIGN_PARTITION_TZ": os.environ.get("CAMPAIGN_PARTITION_TZ", "").strip() or "UTC",
+        "CAMPAIGN_PARTITION_TZ": tz,
         "CAMPAIGN_PARTITION_START": first or start.isoformat(),
         "DAGSTER_HOME": str(home),
     }
@@ -253,11 +273,15 @@ def cmd_sql(args: argparse.Namespace) -> int:
     import shutil
 
     from campaign_pipeline import locations
+    from campaign_pipeline.errors import WarehouseError
 
+    if os.environ.get("CAMPAIGN_WAREHOUSE_URI", "").strip():
+        raise ConfigError("the warehouse is a DuckLake (CAMPAIGN_WAREHOUSE_URI): attach it read-only in your SQL "
+                          "tool as docs/deployment.md shows; `make sql` opens the DuckDB-file deployments' database")
     data_dir = locations.announce_data_dir()
     path = data_dir / locations.ANALYTICS_FILENAME
     if not path.is_file():
-        raise ConfigError(f"no analysts' database at {path}; run `make demo` or a backfill first")
+        raise WarehouseError(f"no analysts' database at {path}; run `make demo` or a backfill first")
     if args.print_path:
         print(path)
         return EXIT_OK
@@ -387,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                                        "data/demo, recorded in a Dagster instance there")
     demo.add_argument("--days", type=_days, default=7, help="complete days up to yesterday (default 7)")
     demo.add_argument("--data-dir", default=None,
-                      help=f"where to write (default: CAMPAIGN_DATA_DIR if set, else {DEMO_DATA_DIR}); "
+                      help=f"where to write (default {DEMO_DATA_DIR}, whatever CAMPAIGN_DATA_DIR says); "
                            "relative to the repository root")
     demo.set_defaults(func=cmd_demo)
 

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from campaign_pipeline import settings
-from campaign_pipeline.errors import ConfigError
+from campaign_pipeline.errors import ConfigError, WarehouseError
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,9 @@ def record_last_run(data_dir: Path, env: Mapping[str, str] | None = None) -> Non
 
 
 def _has_data(data_dir: Path) -> bool:
-    return (data_dir / ANALYTICS_FILENAME).is_file() or (data_dir / settings.WAREHOUSE_FILENAME).is_file()
+    """True for a data dir a run has used (its source marker; a DuckLake run writes no database file)."""
+    return any((data_dir / name).is_file()
+               for name in (ANALYTICS_FILENAME, settings.WAREHOUSE_FILENAME, ".campaign_source"))
 
 
 def locate_data_dir(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
@@ -79,7 +81,7 @@ def locate_data_dir(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
     An explicit ``CAMPAIGN_DATA_DIR`` wins; otherwise the data dir the last run used (if it still
     holds data); otherwise the one data dir under ``data/`` that holds data (the demo's, after
     ``make demo``). Several candidates and no record of the last run is a :class:`ConfigError`
-    naming them. Never reads API settings.
+    naming them; no data at all is a :class:`WarehouseError`. Never reads API settings.
     """
     env = os.environ if env is None else env
     explicit = (env.get("CAMPAIGN_DATA_DIR") or "").strip()
@@ -99,7 +101,7 @@ def locate_data_dir(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
     if candidates:
         names = ", ".join(str(d) for d in candidates)
         raise ConfigError(f"several data dirs hold data ({names}); set CAMPAIGN_DATA_DIR to the one to read")
-    raise ConfigError(f"no data yet under {base}: run `make demo` (or a backfill), or set CAMPAIGN_DATA_DIR")
+    raise WarehouseError(f"no data yet under {base}: run `make demo` or a backfill first, or set CAMPAIGN_DATA_DIR")
 
 
 def announce_data_dir(env: Mapping[str, str] | None = None) -> Path:

@@ -184,4 +184,18 @@ def test_read_only_commands_say_what_to_do_when_there_is_no_data(tmp_path):
     report = run_cli(["report"], env, timeout=60)
     assert report.returncode == 1 and "run `make demo` or a backfill first" in report.stderr
     sql = run_cli(["sql", "--print-path"], env, timeout=60)
-    assert sql.returncode == 2 and "run `make demo` or a backfill first" in sql.stderr
+    assert sql.returncode == 1 and "run `make demo` or a backfill first" in sql.stderr
+
+
+def test_the_demo_writes_only_to_its_own_data_dir_whatever_the_shell_points_at(tmp_path):
+    production = {"CAMPAIGN_DATA_DIR": str(tmp_path / "production"), "CAMPAIGN_APPS": "hk",
+                  "CAMPAIGN_WAREHOUSE_URI": f"ducklake:{tmp_path / 'production.ducklake'}",
+                  "CAMPAIGN_LAKE_URI": str(tmp_path / "production-lake"), "CAMPAIGN_PII_MODE": "hash",
+                  "CAMPAIGN_PII_SALT": "a-long-production-salt"}
+    result = run_cli(["demo", "--days", "1", "--data-dir", str(tmp_path / "demo")], production)
+    assert result.returncode == 0, result.stderr
+    assert "demo: ignoring CAMPAIGN_APPS, CAMPAIGN_DATA_DIR, CAMPAIGN_LAKE_URI, CAMPAIGN_PII_MODE, " \
+           "CAMPAIGN_PII_SALT, CAMPAIGN_WAREHOUSE_URI" in result.stderr
+    assert "a-long-production-salt" not in result.stderr + result.stdout
+    assert (tmp_path / "demo" / "analytics.duckdb").exists() and (tmp_path / "demo" / "lake").is_dir()
+    assert not any(tmp_path.glob("production*"))
