@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -98,17 +99,19 @@ def _current_stamp(path: Path) -> str | None:
 
 def refresh(data_dir: Path, lake_root: str) -> Path | None:
     """Make ``<data_dir>/analytics.duckdb`` describe the lake at ``lake_root``; rebuild it only if
-    it is missing or out of date. Call it while holding the warehouse's writer lock (one builder at
-    a time). Returns its path, or ``None`` for a lake on object storage."""
+    it is missing or out of date (one builder at a time, under ``.analytics.duckdb.lock``). Returns
+    its path, or ``None`` for a lake on object storage."""
     if "://" in lake_root:
         return None
+    from filelock import FileLock
+
     lake = Path(lake_root).absolute()
     path = data_dir / ANALYTICS_FILENAME
-    with_files = _tables_with_files(lake)
-    stamp = _stamp(lake, with_files)
-    if _current_stamp(path) == stamp:
-        return path
-    _build(path, lake, with_files, stamp)
+    with FileLock(str(data_dir / f".{ANALYTICS_FILENAME}.lock")):  # one builder at a time, newest state wins
+        with_files = _tables_with_files(lake)
+        stamp = _stamp(lake, with_files)
+        if _current_stamp(path) != stamp:
+            _build(path, lake, with_files, stamp)
     return path
 
 
@@ -174,17 +177,34 @@ def ducklake_from_env(data_dir: Path, env: Mapping[str, str] | None = None):
                              s3_settings(values["AWS_ENDPOINT_URL"], region, env))
 
 
-def connect(data_dir: str | Path | None = None, *, announce: bool = True) -> duckdb.DuckDBPyConnection:
-    """A read-only connection on the analysts' database of ``data_dir`` (default: located with
-    :func:`locate_data_dir`, said on stderr when ``announce``). Never waits and never needs API
-    credentials. Falls back to the warehouse (read-only, waiting while a writer holds it) when the
-    data dir has no analysts' database (a lake on S3, or data written by an older version)."""
-    if data_dir is None:
-        data_dir = announce_data_dir() if announce else locate_data_dir()[0]
-    data_dir = resolve(data_dir)
-    ducklake = ducklake_from_env(data_dir)
-    if ducklake is not None:  # readers of a DuckLake see committed snapshots and never wait
+def connect(data_dir: str | Path | None = None, *, announce: bool = True,
+            why: str | None = None) -> duckdb.DuckDBPyConnection:
+    """A read-only connection on what analysts read, never needing API credentials:
+
+    - with ``CAMPAIGN_WAREHOUSE_URI`` set, the DuckLake (committed snapshots; never waits);
+    - else the analysts' database of ``data_dir`` (default: located with :func:`locate_data_dir`),
+      or, when the data dir has none (a lake on S3, data written by an older version), its
+      warehouse read-only, waiting while a writer holds it.
+
+    With ``announce``, one line on stderr says what is read and why (``why`` names the caller's
+    reason for an explicit ``data_dir``, e.g. ``--data-dir``).
+    """
+    from campaign_pipeline.warehouse import redact_uri
+
+    explicit = resolve(data_dir) if data_dir is not None else None
+    if (os.environ.get("CAMPAIGN_WAREHOUSE_URI") or "").strip():
+        base = explicit or resolve(os.environ.get("CAMPAIGN_DATA_DIR", "").strip() or settings.DEFAULT_DATA_DIR)
+        ducklake = ducklake_from_env(base)
+        if announce:
+            print(f"reading the DuckLake warehouse {redact_uri(ducklake.uri)} (CAMPAIGN_WAREHOUSE_URI)",
+                  file=sys.stderr)
         return ducklake.connect(read_only=True)
+    if explicit is None:
+        data_dir = announce_data_dir() if announce else locate_data_dir()[0]
+    else:
+        data_dir = explicit
+        if announce:
+            print(f"reading {data_dir} ({why or 'as asked'})", file=sys.stderr)
     path = data_dir / ANALYTICS_FILENAME
     if not path.is_file():
         warehouse = data_dir / settings.WAREHOUSE_FILENAME
@@ -201,10 +221,16 @@ def connect(data_dir: str | Path | None = None, *, announce: bool = True) -> duc
         require_duckdb_file(path)
         try:
             con = duckdb.connect(str(path), read_only=True)
+            row = con.execute(f'SELECT value FROM "{_META_TABLE}" WHERE key = ?', ["lake"]).fetchone()
         except duckdb.Error as error:
             raise WarehouseUnusableError(
                 f"DuckDB cannot open the analysts' database {path}: {' '.join(str(error).split())}; "
                 "any backfill rebuilds it (it holds no data of its own)") from None
+        described = Path(row[0]) if row else None
+        if described is not None and not described.is_dir() and (data_dir / settings.LAKE_DIRNAME).is_dir():
+            con.close()  # a data dir moved or copied elsewhere: its views point at the old lake
+            raise WarehouseError(f"the analysts' database {path} describes the lake at {described}, which is gone "
+                                 "(was the data dir moved?); any backfill, e.g. with --resplit, rebuilds it")
     con.execute("SET autoinstall_known_extensions = false")
     con.execute("SET autoload_known_extensions = false")
     return con

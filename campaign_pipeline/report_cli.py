@@ -92,14 +92,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from campaign_pipeline import analytics
 
     try:
-        if args.data_dir is not None:
-            from campaign_pipeline import locations
-
-            data_dir = locations.resolve(args.data_dir)
-            print(f"reading {data_dir} (--data-dir)", file=sys.stderr)
-        else:
-            data_dir = None
-        con = analytics.connect(data_dir)
+        con = analytics.connect(args.data_dir, why="--data-dir")
     except ConfigError as error:
         return _error(str(error), EXIT_BAD_INPUT)
     except WarehouseError as error:

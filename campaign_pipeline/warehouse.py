@@ -22,6 +22,7 @@ import os
 import random
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import date
@@ -58,6 +59,7 @@ _META_TABLE = "_campaign_pipeline_meta"
 #: configurations, and analysts open plain read-only connections beside ours); they open only
 #: files with DuckDB's header.
 WRITER_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "memory_limit": "64MB"}
+_READER_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 _DUCKDB_MAGIC = (8, b"DUCK")  # offset and bytes of DuckDB's file header
 
 
@@ -158,17 +160,18 @@ class Warehouse:
         day's files are moved into place there, so a second writer of the same day cannot commit in
         between and leave DuckDB and the lake on different versions). Returns (rows inserted per
         table, committed)."""
-        for attempt in range(1, MAX_COMMIT_ATTEMPTS + 1):
+        # A stream of record batches can be read once: such a day is not redone after a conflict.
+        attempts = MAX_COMMIT_ATTEMPTS if all(isinstance(r, (Path, pa.Table)) for r in tables.values()) else 1
+        for attempt in range(1, attempts + 1):
             try:
                 return self._replace_once(day, tables, app_id, audit, before, after_commit)
-            except duckdb.TransactionException as error:
+            except _CommitConflict as conflict:
                 # DuckLake commits optimistically: a writer of another day of the same table can
-                # make this commit conflict. Nothing was published; do the whole transaction again
-                # (write, audit, publish), so the write-audit-publish rule holds on every attempt.
-                if not _CONFLICT.search(str(error)):
-                    raise self._translate(error) from error
-                if attempt == MAX_COMMIT_ATTEMPTS:
-                    raise
+                # make this COMMIT fail. Nothing was published (the day's files move only after a
+                # commit); do the whole transaction again (write, audit, publish), so the
+                # write-audit-publish rule holds on every attempt.
+                if attempt == attempts:
+                    raise self._translate(conflict.error) from None
                 log.warning("%s: commit conflicted with another writer (attempt %d of %d); retrying",
                             day, attempt, MAX_COMMIT_ATTEMPTS)
                 time.sleep(random.uniform(0, min(_CONFLICT_BACKOFF_MAX_S, 0.25 * 2**attempt)))
@@ -188,10 +191,15 @@ class Warehouse:
                 publish = audit(con) if audit is not None else True
                 crash_point("warehouse_before_commit")
                 if publish:
-                    con.execute("COMMIT")
-            except duckdb.TransactionException:
-                with contextlib.suppress(duckdb.Error):  # a failed COMMIT already ended the transaction
-                    con.execute("ROLLBACK")
+                    try:
+                        con.execute("COMMIT")
+                    except duckdb.TransactionException as error:
+                        if not _CONFLICT.search(str(error)):
+                            raise
+                        with contextlib.suppress(duckdb.Error):  # the failed COMMIT ended the transaction
+                            con.execute("ROLLBACK")
+                        raise _CommitConflict(error) from None
+            except _CommitConflict:
                 raise
             except duckdb.Error as error:
                 _rollback(con)
@@ -208,6 +216,14 @@ class Warehouse:
 
     def _translate(self, error: duckdb.Error) -> BaseException:
         return _translate(error, self.path)
+
+
+class _CommitConflict(Exception):
+    """A COMMIT refused because another writer changed the same tables first (DuckLake)."""
+
+    def __init__(self, error: duckdb.TransactionException):
+        super().__init__(str(error))
+        self.error = error
 
 
 def _insert(con: duckdb.DuckDBPyConnection, spec: schemas.TableSpec, rows) -> int:
@@ -274,7 +290,7 @@ def _close(con: duckdb.DuckDBPyConnection) -> None:
         con.close()
     except duckdb.Error as error:
         log.warning("closing the warehouse failed (%s); committed days stay in its WAL",
-                    " ".join(str(error).split()))
+                    redact_uri(" ".join(str(error).split())))
 
 
 def _rollback(con: duckdb.DuckDBPyConnection) -> None:
@@ -397,12 +413,20 @@ _CATALOG = "warehouse"
 _EXTENSIONS = {"postgres": ("duckdb_extension_postgres", "postgres_scanner"),
                "ducklake": ("duckdb_extension_ducklake", "ducklake"),
                "httpfs": ("duckdb_extension_httpfs", "httpfs")}
-_PASSWORD = re.compile(r"(password\s*=\s*)('[^']*'|\S+)", re.IGNORECASE)
+#: A libpq password: ``password=secret`` or ``password='with \\' quotes'``, and ``scheme://user:secret@``.
+_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+_URL_PASSWORD = re.compile(r"(://[^:/@\s]*:)([^@\s]+)(@)")
+
+
+def uri_passwords(uri: str) -> list[str]:
+    """The passwords a DuckLake URI holds (to redact wherever they could appear)."""
+    found = [match.group(2) for match in _PASSWORD.finditer(uri)] + [m.group(2) for m in _URL_PASSWORD.finditer(uri)]
+    return found + [value.strip("'") for value in found if value.startswith("'")]
 
 
 def redact_uri(text: str) -> str:
-    """``text`` with every ``password=...`` of a libpq connection string replaced by ``***``."""
-    return _PASSWORD.sub(r"\1***", text)
+    """``text`` with every password of a libpq connection string or URL replaced by ``***``."""
+    return _URL_PASSWORD.sub(r"\1***\3", _PASSWORD.sub(r"\1***", text))
 
 
 def _quote(text: str) -> str:
@@ -423,14 +447,29 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
 
         raise ConfigError(f"a DuckLake warehouse needs DuckDB's {name} extension: pip install -e '.[ducklake]'") from None
     source = next(Path(module.__file__).parent.rglob("*.duckdb_extension"))
-    directory = Path(tempfile.gettempdir()) / f"campaign_pipeline-extensions-{duckdb.__version__}"
-    target = directory / f"{entry}.duckdb_extension"  # DuckDB takes the entry point from the file name
-    if not target.exists() or target.stat().st_size != source.stat().st_size:
-        directory.mkdir(parents=True, exist_ok=True)
-        temp = directory / f".{entry}.{os.getpid()}"
-        shutil.copyfile(source, temp)
-        os.replace(temp, target)
+    target = _EXTENSION_COPIES.get(name)
+    if target is None:
+        # DuckDB takes the entry point from the file name: a copy named for it, per user and version.
+        directory = Path(tempfile.gettempdir()) / f"campaign_pipeline-extensions-{os.getuid()}-{duckdb.__version__}"
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        target = directory / f"{entry}.duckdb_extension"
+        if not target.exists() or _sha256(target) != _sha256(source):
+            temp = directory / f".{entry}.{uuid.uuid4().hex}"
+            shutil.copyfile(source, temp)
+            os.replace(temp, target)
+        _EXTENSION_COPIES[name] = target
     con.execute(f"LOAD {_quote(str(target))}")
+
+
+_EXTENSION_COPIES: dict[str, Path] = {}  # checked once per process
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class DuckLakeWarehouse(Warehouse):
@@ -460,7 +499,7 @@ class DuckLakeWarehouse(Warehouse):
 
     def connect(self, read_only: bool) -> duckdb.DuckDBPyConnection:
         """An attached connection (``USE warehouse``); failures as one redacted line."""
-        con = duckdb.connect(config=WRITER_CONFIG)
+        con = duckdb.connect(config=_READER_CONFIG if read_only else WRITER_CONFIG)
         try:
             if self.uri.startswith(DUCKLAKE_PREFIX + "postgres:"):
                 load_extension(con, "postgres")
@@ -497,13 +536,14 @@ class DuckLakeWarehouse(Warehouse):
         con = self.connect(read_only=False)
         try:
             try:
-                prepare(con)
-            except duckdb.TransactionException as error:  # another writer prepared it at the same moment
-                if not _CONFLICT.search(str(error)):
-                    raise
-                prepare(con)
+                try:
+                    prepare(con)
+                except duckdb.TransactionException as error:  # another writer prepared it at the same moment
+                    if not _CONFLICT.search(str(error)):
+                        raise
+                    prepare(con)
             except duckdb.Error as error:
-                raise self._translate(error) from error
+                raise self._translate(error) from None
             yield con
         finally:
             _close(con)
@@ -513,17 +553,36 @@ class DuckLakeWarehouse(Warehouse):
         """A read-only connection on the latest committed snapshot (never waits for writers)."""
         con = self.connect(read_only=True)
         try:
-            con.execute("SET autoinstall_known_extensions = false")
-            con.execute("SET autoload_known_extensions = false")
             yield con
+        except duckdb.Error as error:
+            raise _redacted(error, self.uri) from None
         finally:
             con.close()
 
     def _translate(self, error: duckdb.Error) -> BaseException:
         translated = _translate(error, self.path)
-        if translated is error:
-            return type(error)(redact_uri(str(error)))
-        return translated
+        return _redacted(translated, self.uri)
+
+    def replace_partition(self, *args, **kwargs) -> tuple[dict[str, int], bool]:
+        """:meth:`Warehouse.replace_partition`, with the catalog's password out of every error."""
+        try:
+            return super().replace_partition(*args, **kwargs)
+        except duckdb.Error as error:
+            raise _redacted(error, self.uri) from None
+
+
+def _redacted(error: BaseException, uri: str) -> BaseException:
+    """``error``, or a copy of it of the same type whose text holds no password of ``uri``."""
+    text = str(error)
+    clean = redact_uri(text)
+    for password in uri_passwords(uri):
+        clean = clean.replace(password, "***")
+    if clean == text:
+        return error
+    try:
+        return type(error)(clean)
+    except Exception:  # noqa: BLE001 -- an exception type with another signature
+        return WarehouseError(clean)
 
 
 def _s3_secret(s3: Mapping[str, str]) -> str:

@@ -136,3 +136,25 @@ def test_a_killed_build_leaves_the_previous_file_and_is_cleaned_up(backfill_run,
 
 def test_glob_characters_in_the_lake_path_match_only_themselves(tmp_path):
     assert analytics.table_glob("/d/a[b]*?", "t") == "/d/a[[]b][*][?]/t/date=*/part-*.parquet"
+
+
+def test_a_moved_data_dir_says_how_to_rebuild_instead_of_reading_the_old_lake(backfill_run, tmp_path):
+    import shutil
+
+    moved = tmp_path / "moved"
+    shutil.copytree(backfill_run["data_dir"], moved / "data")
+    away = tmp_path / "away"
+    # the original data dir is gone (moved), its copy keeps an analysts' database pointing at it
+    original = backfill_run["data_dir"]
+    original.rename(away)
+    try:
+        with pytest.raises(Exception, match="which is gone .*rebuilds it"):
+            analytics.connect(moved / "data", announce=False)
+        analytics.refresh(moved / "data", str(moved / "data" / "lake"))
+        con = analytics.connect(moved / "data", announce=False)
+        try:
+            assert con.execute("SELECT count(DISTINCT partition_date) FROM campaigns").fetchone()[0] == DAYS
+        finally:
+            con.close()
+    finally:
+        away.rename(original)

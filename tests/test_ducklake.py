@@ -218,10 +218,24 @@ def test_a_conflicted_commit_is_redone_and_still_audited(postgres, tmp_path):
         assert con.execute("SELECT count(DISTINCT partition_date) FROM sms_messages").fetchone()[0] == 2
 
 
-def test_a_bad_catalog_is_one_line_without_the_password(tmp_path):
-    uri = f"ducklake:postgres:host=127.0.0.1 port={free_port()} user=u password=s3cret-value dbname=x connect_timeout=2"
+@pytest.mark.parametrize("form", ["keywords", "quoted", "url"])
+def test_a_bad_catalog_is_one_line_without_the_password(tmp_path, form):
+    port = free_port()
+    uri = {"keywords": f"ducklake:postgres:host=127.0.0.1 port={port} user=u password=s3cret-value dbname=x",
+           "quoted": f"ducklake:postgres:host=127.0.0.1 port={port} user=u password='s3cret value' dbname=x",
+           "url": f"ducklake:postgres:postgresql://u:s3cret-value@127.0.0.1:{port}/x"}[form]
     with pytest.raises(Exception) as caught:
         DuckLakeWarehouse(uri, str(tmp_path)).connect(read_only=True)
     text = str(caught.value)
-    assert "s3cret-value" not in text and "password=***" in text and "\n" not in text
-    assert "s3cret-value" not in redact_uri(uri)
+    assert "s3cret" not in text and "***" in text and "\n" not in text
+    assert "s3cret" not in redact_uri(uri) and "s3cret" not in repr(DuckLakeWarehouse(uri, str(tmp_path)))
+
+
+def test_the_catalog_password_is_kept_out_of_alerts(tmp_path):
+    from campaign_pipeline.orchestration.alerts import config_secrets
+
+    uri = "ducklake:postgres:host=db user=u password=s3cret-value dbname=x"
+    cfg = PipelineConfig.from_env({"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_DATA_DIR": str(tmp_path),
+                                   "CAMPAIGN_WAREHOUSE_URI": uri})
+    assert "s3cret-value" in config_secrets(cfg)
+    assert "s3cret-value" not in repr(cfg)

@@ -47,7 +47,7 @@ STARTUP_SLACK_S = 60.0
 RAW_FILE = re.compile(r"responses(-[A-Za-z0-9_.=-]+)?\.ndjson\.zst")
 PARQUET_FILE = re.compile(r"part-[A-Za-z0-9_.=-]+\.parquet")
 WAREHOUSE_FILE = "warehouse.duckdb"
-DATA_DIR_FILES = {WAREHOUSE_FILE, f"{WAREHOUSE_FILE}.wal", f"{WAREHOUSE_FILE}.lock", "analytics.duckdb", ".campaign_source",
+DATA_DIR_FILES = {WAREHOUSE_FILE, f"{WAREHOUSE_FILE}.wal", f"{WAREHOUSE_FILE}.lock", "analytics.duckdb", ".analytics.duckdb.lock", ".campaign_source",
                   ".campaign_pii_mode", ".campaign_partition_tz"}
 LAKE_DIRS = {"raw", *schemas.TABLES}
 TEMP_MARK = ".tmp-"

@@ -157,8 +157,12 @@ def post_alert(url: str, payload: dict, logger: logging.Logger | logging.LoggerA
 
 
 def config_secrets(cfg: PipelineConfig) -> list[str]:
-    """Every secret value of ``cfg`` (App Tokens, PII salt, webhook URL), to keep out of alerts."""
+    """Every secret value of ``cfg`` (App Tokens, PII salt, webhook URL, the DuckLake catalog's
+    password), to keep out of alerts."""
+    from campaign_pipeline.warehouse import uri_passwords
+
     values = [app.app_token for app in cfg.apps] + [cfg.pii_salt, cfg.alert_webhook_url]
+    values += uri_passwords(cfg.warehouse_uri or "")
     return [value for value in values if value]
 
 
