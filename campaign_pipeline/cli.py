@@ -293,37 +293,50 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    """Serve the Dagster UI on the data the user has: the demo's (its instance and partitions)
-    unless a real CINNOX app is configured, else the simulator or the configured app."""
+    """Serve the Dagster UI (``dagster dev``) on the data the user has (:func:`ui_environment`)."""
     from campaign_pipeline import locations
 
     root = locations.project_root()
-    env = dict(os.environ)
-    dotenv = _dotenv_values(root / ".env")
-    placeholder = _dotenv_values(root / ".env.example").get("CINNOX_APP_TOKEN", "")  # an unfilled copy
-    tokens = (env.get("CINNOX_APP_TOKEN", "").strip(), dotenv.get("CINNOX_APP_TOKEN", "").strip())
-    real_app = any(token and token != placeholder for token in tokens)
-    workdir = root
-    if not real_app:
-        # Dagster loads ./.env over the environment: an unfilled copy of .env.example must not
-        # turn the simulator UI into a configuration error, so the UI runs outside the root.
-        env["CAMPAIGN_SOURCE"] = "simulator"
-        demo = _demo_settings(env)
-        if demo:
-            env.update({k: v for k, v in demo.items() if k == "DAGSTER_HOME" or not env.get(k, "").strip()})
-            print(f"Dagster UI on the demo's data in {demo['CAMPAIGN_DATA_DIR']}", file=sys.stderr)
-        else:
-            print("Dagster UI on the built-in simulator (no CINNOX_APP_TOKEN configured)", file=sys.stderr)
-        workdir = Path(env.get("DAGSTER_HOME") or root / ".dagster_home")
-    home = Path(env.get("DAGSTER_HOME") or root / ".dagster_home")
+    env, workdir, message = ui_environment(dict(os.environ), root)
+    print(message, file=sys.stderr)
+    home = Path(env["DAGSTER_HOME"])
     home.mkdir(parents=True, exist_ok=True)
     _write_instance_config(home)
-    env["DAGSTER_HOME"] = str(home.absolute())
     workdir.mkdir(parents=True, exist_ok=True)
     dagster = str(Path(sys.executable).parent / "dagster")
     command = [dagster, "dev", "-w", str(root / "dagster_workspace.yaml"), "-p", str(args.port)]
     os.chdir(workdir)
     os.execve(dagster, command, env)
+
+
+def ui_environment(env: dict[str, str], root: Path) -> tuple[dict[str, str], Path, str]:
+    """The UI's environment, working directory and a one-line description.
+
+    A real CINNOX app is configured when ``CINNOX_APP_TOKEN`` is set (in the environment or the
+    root's ``.env``) to something else than ``.env.example``'s placeholder: the UI runs from the
+    root, where Dagster loads ``.env``. Otherwise it runs on the simulator, on the demo's data
+    dir and Dagster instance when the data the user has is the demo's, and outside the root, so
+    an unfilled copy of ``.env.example`` (which Dagster would load over the environment) cannot
+    turn it into a configuration error.
+    """
+    env = dict(env)
+    dotenv = _dotenv_values(root / ".env")
+    placeholder = _dotenv_values(root / ".env.example").get("CINNOX_APP_TOKEN", "")
+    tokens = (env.get("CINNOX_APP_TOKEN", "").strip(), dotenv.get("CINNOX_APP_TOKEN", "").strip())
+    workdir = root
+    if any(token and token != placeholder for token in tokens):
+        message = "Dagster UI on the configured CINNOX app"
+    else:
+        env["CAMPAIGN_SOURCE"] = "simulator"
+        demo = _demo_settings(env, root)
+        if demo:
+            env.update({k: v for k, v in demo.items() if k == "DAGSTER_HOME" or not env.get(k, "").strip()})
+            message = f"Dagster UI on the demo's data in {demo['CAMPAIGN_DATA_DIR']}"
+        else:
+            message = "Dagster UI on the built-in simulator (no CINNOX_APP_TOKEN configured)"
+        workdir = Path(env.get("DAGSTER_HOME") or root / ".dagster_home")
+    env["DAGSTER_HOME"] = str(Path(env.get("DAGSTER_HOME") or root / ".dagster_home").absolute())
+    return env, workdir, message
 
 
 def _dotenv_values(path: Path) -> dict[str, str]:
@@ -340,13 +353,14 @@ def _dotenv_values(path: Path) -> dict[str, str]:
     return values
 
 
-def _demo_settings(env: dict[str, str]) -> dict[str, str] | None:
+def _demo_settings(env: dict[str, str], root: Path) -> dict[str, str] | None:
     """The demo's recorded settings when the data the user has is the demo's, else None."""
     from campaign_pipeline import locations
+    from campaign_pipeline.errors import WarehouseError
 
     try:
-        data_dir, _why = locations.locate_data_dir(env)
-    except ConfigError:
+        data_dir, _why = locations.locate_data_dir(env, root)
+    except (ConfigError, WarehouseError):
         return None
     values = _dotenv_values(data_dir / DEMO_ENV_FILENAME)
     return values if values.get("DAGSTER_HOME") else None

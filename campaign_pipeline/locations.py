@@ -48,12 +48,12 @@ def resolve(path: str | Path, root: Path | None = None) -> Path:
     return path if path.is_absolute() else (root or project_root()) / path
 
 
-def last_run_file(env: Mapping[str, str] | None = None) -> Path:
+def last_run_file(env: Mapping[str, str] | None = None, root: Path | None = None) -> Path:
     """Where every run records its data dir for the read-only commands:
     ``CAMPAIGN_LAST_RUN_FILE``, default ``data/.last-data-dir`` under the project root."""
     env = os.environ if env is None else env
     explicit = (env.get("CAMPAIGN_LAST_RUN_FILE") or "").strip()
-    return resolve(explicit) if explicit else resolve(Path(settings.DEFAULT_DATA_DIR) / LAST_RUN_FILENAME)
+    return resolve(explicit, root) if explicit else resolve(Path(settings.DEFAULT_DATA_DIR) / LAST_RUN_FILENAME, root)
 
 
 def record_last_run(data_dir: Path, env: Mapping[str, str] | None = None) -> None:
@@ -75,7 +75,7 @@ def _has_data(data_dir: Path) -> bool:
                for name in (ANALYTICS_FILENAME, settings.WAREHOUSE_FILENAME, ".campaign_source"))
 
 
-def locate_data_dir(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
+def locate_data_dir(env: Mapping[str, str] | None = None, root: Path | None = None) -> tuple[Path, str]:
     """The data dir a read-only command should read, and why (for one line on stderr).
 
     An explicit ``CAMPAIGN_DATA_DIR`` wins; otherwise the data dir the last run used (if it still
@@ -86,15 +86,15 @@ def locate_data_dir(env: Mapping[str, str] | None = None) -> tuple[Path, str]:
     env = os.environ if env is None else env
     explicit = (env.get("CAMPAIGN_DATA_DIR") or "").strip()
     if explicit:
-        return resolve(explicit), "CAMPAIGN_DATA_DIR"
-    pointer = last_run_file(env)
+        return resolve(explicit, root), "CAMPAIGN_DATA_DIR"
+    pointer = last_run_file(env, root)
     try:
         recorded = Path(pointer.read_text().strip())
     except OSError:
         recorded = None
     if recorded is not None and _has_data(recorded):
         return recorded, "the data dir the last run used"
-    base = resolve(settings.DEFAULT_DATA_DIR)
+    base = resolve(settings.DEFAULT_DATA_DIR, root)
     candidates = [d for d in (base / "demo", base / settings.SIMULATOR_DATA_SUBDIR, base) if _has_data(d)]
     if len(candidates) == 1:
         return candidates[0], "the only data dir with data"

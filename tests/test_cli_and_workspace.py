@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -199,3 +200,27 @@ def test_the_demo_writes_only_to_its_own_data_dir_whatever_the_shell_points_at(t
     assert "a-long-production-salt" not in result.stderr + result.stdout
     assert (tmp_path / "demo" / "analytics.duckdb").exists() and (tmp_path / "demo" / "lake").is_dir()
     assert not any(tmp_path.glob("production*"))
+
+
+def test_the_ui_ignores_an_unfilled_env_file_and_shows_the_demo(tmp_path):
+    from campaign_pipeline.cli import DEMO_ENV_FILENAME, ui_environment
+
+    root = tmp_path / "repo"
+    (root / "data" / "demo").mkdir(parents=True)
+    shutil.copy(ROOT / ".env.example", root / ".env.example")
+    shutil.copy(ROOT / ".env.example", root / ".env")  # copied, not filled in
+    demo = root / "data" / "demo"
+    (demo / "analytics.duckdb").write_bytes(b"")  # the demo's data is the only data
+    (demo / DEMO_ENV_FILENAME).write_text(f"CAMPAIGN_SOURCE=simulator\nCAMPAIGN_DATA_DIR={demo}\n"
+                                          f"CAMPAIGN_PARTITION_START=2026-11-30\nDAGSTER_HOME={demo / 'dagster'}\n")
+    env, workdir, message = ui_environment({"PATH": "/usr/bin", "CAMPAIGN_LAST_RUN_FILE": str(tmp_path / "none")},
+                                           root)
+    assert message == f"Dagster UI on the demo's data in {demo}"
+    assert env["CAMPAIGN_SOURCE"] == "simulator" and env["CAMPAIGN_DATA_DIR"] == str(demo)
+    assert env["DAGSTER_HOME"] == str(demo / "dagster") and env["CAMPAIGN_PARTITION_START"] == "2026-11-30"
+    assert workdir == demo / "dagster"  # not the root: Dagster would load the unfilled .env over this
+    (root / ".env").write_text((root / ".env").read_text().replace("CINNOX_APP_TOKEN=your-app-token",
+                                                                   "CINNOX_APP_TOKEN=a-real-token-123"))
+    env, workdir, message = ui_environment({"PATH": "/usr/bin"}, root)
+    assert message == "Dagster UI on the configured CINNOX app" and workdir == root
+    assert "CAMPAIGN_SOURCE" not in env

@@ -96,6 +96,25 @@ def test_a_postgres_catalog_with_local_data_equals_the_duckdb_file(postgres, fil
     finally:
         con.close()
     assert not (tmp_path / "warehouse.duckdb").exists() and not (tmp_path / "analytics.duckdb").exists()
+    # the report reads the DuckLake, with no API credentials, and never prints the password
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "CAMPAIGN_WAREHOUSE_URI": uri,
+           "CAMPAIGN_DATA_DIR": str(tmp_path)}
+    report = subprocess.run([*CLI, "report", "--format", "csv", "--start", str(FIRST_DAY), "--end", str(END)],
+                            env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=False)
+    assert report.returncode == 0, report.stderr
+    assert "reading the DuckLake warehouse" in report.stderr and postgres.dagster_password not in report.stderr
+    assert len(report.stdout.strip().splitlines()) == 1 + 2 * 3  # a row per day and channel
+
+
+def test_with_a_ducklake_each_app_has_its_own_pool(tmp_path):
+    from campaign_pipeline.definitions import build_definitions
+
+    base = {"CAMPAIGN_SOURCE": "simulator", "CAMPAIGN_APPS": "hk,sg", "CAMPAIGN_DATA_DIR": str(tmp_path)}
+    shared = {a.node_def.name: a.node_def.pool for a in build_definitions(base).assets}
+    assert shared == {"hk_campaign_partition": "cinnox_api", "sg_campaign_partition": "cinnox_api"}
+    lake = build_definitions({**base, "CAMPAIGN_WAREHOUSE_URI": f"ducklake:{tmp_path / 'c.ducklake'}"})
+    assert {a.node_def.name: a.node_def.pool for a in lake.assets} == {
+        "hk_campaign_partition": "cinnox_api_hk", "sg_campaign_partition": "cinnox_api_sg"}
 
 
 @pytest.fixture(scope="module")
