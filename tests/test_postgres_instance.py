@@ -133,7 +133,11 @@ def start_postgres() -> PostgresServer:
             owner = pwd.getpwnam(SERVER_USER)
         except KeyError:
             _unavailable(f"we run as root and there is no '{SERVER_USER}' user to run PostgreSQL as")
-        run_as = ["runuser", "-u", SERVER_USER, "--"]
+        # runuser is in /usr/sbin, which a minimal PATH (CI, env -i) may leave out
+        runuser = shutil.which("runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+        if runuser is None:
+            _unavailable("we run as root and runuser (util-linux) is not installed")
+        run_as = [runuser, "-u", SERVER_USER, "--"]
     root = Path(tempfile.mkdtemp(prefix="campaign-pg-"))
     password = secrets.token_urlsafe(18)
     (root / "pwfile").write_text(password + "\n")
