@@ -100,19 +100,29 @@ def _current_stamp(path: Path) -> str | None:
 def refresh(data_dir: Path, lake_root: str) -> Path | None:
     """Make ``<data_dir>/analytics.duckdb`` describe the lake at ``lake_root``; rebuild it only if
     it is missing or out of date (one builder at a time, under ``.analytics.duckdb.lock``). Returns
-    its path, or ``None`` for a lake on object storage."""
+    its path, or ``None`` for a lake on object storage or a lake with nothing published yet."""
     if "://" in lake_root:
         return None
     from filelock import FileLock
 
     lake = Path(lake_root).absolute()
     path = data_dir / ANALYTICS_FILENAME
+    with_files = _tables_with_files(lake)
+    stamp = _stamp(lake, with_files)
+    if _BUILT.get(path) == stamp and path.is_file():  # this process built or saw it: no need to open it
+        return path
+    if not with_files and not path.is_file():
+        return None  # nothing published yet: built when the first day is
     with FileLock(str(data_dir / f".{ANALYTICS_FILENAME}.lock")):  # one builder at a time, newest state wins
         with_files = _tables_with_files(lake)
         stamp = _stamp(lake, with_files)
         if _current_stamp(path) != stamp:
             _build(path, lake, with_files, stamp)
+    _BUILT[path] = stamp
     return path
+
+
+_BUILT: dict[Path, str] = {}  # analysts' database -> the stamp this process last built or checked
 
 
 def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
