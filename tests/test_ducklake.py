@@ -27,6 +27,8 @@ from tests.test_postgres_instance import DAGSTER_USER, free_port, start_postgres
 ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "campaign_pipeline.cli"]
 END = FIRST_DAY + timedelta(days=2)
+# Moto servers in one process share their buckets: this module's own, so other modules' lakes stay apart.
+BUCKET = "ducklake-tests"
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +126,7 @@ def s3_endpoint():
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="campaign-lake")
+                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
     yield endpoint
     server.stop()
 
@@ -134,7 +136,7 @@ def test_a_postgres_catalog_with_data_on_s3_equals_the_duckdb_file(postgres, fil
     server, expected = file_backend
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
-    s3 = {"CAMPAIGN_LAKE_URI": "s3://campaign-lake/prod", "AWS_ENDPOINT_URL": s3_endpoint, "AWS_REGION": "us-east-1"}
+    s3 = {"CAMPAIGN_LAKE_URI": f"s3://{BUCKET}/prod", "AWS_ENDPOINT_URL": s3_endpoint, "AWS_REGION": "us-east-1"}
     uri = catalog_uri(postgres)
     results = load(server, tmp_path, CAMPAIGN_WAREHOUSE_URI=uri, **s3)
     assert all(r.published for r in results), [r.failure for r in results]
@@ -145,7 +147,7 @@ def test_a_postgres_catalog_with_data_on_s3_equals_the_duckdb_file(postgres, fil
     finally:
         con.close()
     objects = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1", aws_access_key_id="test",
-                           aws_secret_access_key="test").list_objects_v2(Bucket="campaign-lake", Prefix="prod/ducklake/")
+                           aws_secret_access_key="test").list_objects_v2(Bucket=BUCKET, Prefix="prod/ducklake/")
     assert objects.get("KeyCount", 0) > 0  # the tables' data files are in the bucket
 
 
