@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -29,6 +30,29 @@ def _last_run_file_outside_the_repository(tmp_path_factory) -> Iterator[None]:
         os.environ.pop("CAMPAIGN_LAST_RUN_FILE", None)
     else:
         os.environ["CAMPAIGN_LAST_RUN_FILE"] = previous
+
+
+@contextmanager
+def moto_s3(bucket: str) -> Iterator[str]:
+    """A moto S3 server on a free 127.0.0.1 port with ``bucket`` created; yields its endpoint URL.
+    Moto servers in one process share their buckets: give each module its own bucket."""
+    import socket
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
+                     aws_secret_access_key="test").create_bucket(Bucket=bucket)
+        yield endpoint
+    finally:
+        server.stop()
 
 
 def start_simulator(**overrides) -> SimulatorServer:

@@ -15,13 +15,12 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 from psycopg import sql
 
 from campaign_pipeline import analytics, engine, schemas
 from campaign_pipeline.config import PipelineConfig
 from campaign_pipeline.warehouse import DuckLakeWarehouse, open_warehouse, redact_uri
-from tests.conftest import FIRST_DAY, simulator_env, start_simulator
+from tests.conftest import FIRST_DAY, moto_s3, simulator_env, start_simulator
 from tests.test_postgres_instance import DAGSTER_USER, free_port, start_postgres, stop_postgres
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -121,14 +120,8 @@ def test_with_a_ducklake_each_app_has_its_own_pool(tmp_path):
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket=BUCKET)
-    yield endpoint
-    server.stop()
+    with moto_s3(BUCKET) as endpoint:
+        yield endpoint
 
 
 def test_a_postgres_catalog_with_data_on_s3_equals_the_duckdb_file(postgres, file_backend, s3_endpoint, tmp_path,

@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import socket
 from datetime import timedelta
 
-import boto3
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pytest
-from moto.server import ThreadedMotoServer
 
 from campaign_pipeline.lake import Lake, s3_filesystem
 from campaign_pipeline.orchestration.backfill import run_backfill
-from tests.conftest import FIRST_DAY, pipeline_env, table_fingerprint
+from tests.conftest import FIRST_DAY, moto_s3, pipeline_env, table_fingerprint
 
 START, END = FIRST_DAY, FIRST_DAY + timedelta(days=1)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test",
-                 aws_secret_access_key="test").create_bucket(Bucket="campaign-lake")
-    yield endpoint
-    server.stop()
+    with moto_s3("campaign-lake") as endpoint:
+        yield endpoint
 
 
 def test_s3_lake_tables_match_a_local_disk_run(simulator, s3_endpoint, tmp_path, monkeypatch):
