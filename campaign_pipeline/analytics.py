@@ -59,14 +59,12 @@ def _table_view(lake_root: str, spec: schemas.TableSpec, has_files: bool) -> str
     columns = [(field.name, schemas.duckdb_type(field.type)) for field in spec.schema]
     if has_files:
         select = ", ".join(f'CAST("{name}" AS {kind}) AS "{name}"' for name, kind in columns)
-        source = f"read_parquet({_quote(table_glob(lake_root, spec.name))}, hive_partitioning = false)"
+        from campaign_pipeline.warehouse import sql_literal
+
+        source = f"read_parquet({sql_literal(table_glob(lake_root, spec.name))}, hive_partitioning = false)"
         return f'CREATE OR REPLACE VIEW "{spec.name}" AS SELECT {select} FROM {source}'
     select = ", ".join(f'CAST(NULL AS {kind}) AS "{name}"' for name, kind in columns)
     return f'CREATE OR REPLACE VIEW "{spec.name}" AS SELECT {select} WHERE false'
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
 
 
 def _tables_with_files(lake_root: Path) -> list[str]:
@@ -221,10 +219,14 @@ def connect(data_dir: str | Path | None = None, *, announce: bool = True,
         if not warehouse.is_file():
             raise WarehouseError(f"no analysts' database or warehouse in {data_dir}; "
                                  "run `make demo` or a backfill first")
-        from campaign_pipeline.warehouse import connect_with_retry, require_duckdb_file
+        from campaign_pipeline.warehouse import (
+            DEFAULT_OPEN_TIMEOUT_S,
+            connect_with_retry,
+            require_duckdb_file,
+        )
 
         require_duckdb_file(warehouse)
-        con = connect_with_retry(str(warehouse), read_only=True, timeout_s=120.0)
+        con = connect_with_retry(str(warehouse), read_only=True, timeout_s=DEFAULT_OPEN_TIMEOUT_S)
     else:
         from campaign_pipeline.warehouse import require_duckdb_file
 

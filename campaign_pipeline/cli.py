@@ -340,17 +340,12 @@ def ui_environment(env: dict[str, str], root: Path) -> tuple[dict[str, str], Pat
 
 
 def _dotenv_values(path: Path) -> dict[str, str]:
-    """``NAME=value`` lines of a .env file (comments and blank lines skipped)."""
-    values: dict[str, str] = {}
-    try:
-        lines = path.read_text().splitlines()
-    except OSError:
-        return values
-    for line in lines:
-        name, sep, value = line.strip().partition("=")
-        if sep and not name.startswith("#"):
-            values[name.strip()] = value.strip().strip("'\"")
-    return values
+    """The ``NAME=value`` settings of a .env file, as Dagster reads it (python-dotenv); {} without one."""
+    from dotenv import dotenv_values
+
+    if not path.is_file():
+        return {}
+    return {name: value for name, value in dotenv_values(path).items() if value is not None}
 
 
 def _demo_settings(env: dict[str, str], root: Path) -> dict[str, str] | None:

@@ -48,7 +48,7 @@ from campaign_pipeline.windows import load_timezone
 SOURCE_CINNOX = "cinnox"
 SOURCE_SIMULATOR = "simulator"
 SOURCES = (SOURCE_CINNOX, SOURCE_SIMULATOR)
-SOURCE_MARKER = ".campaign_source"
+SOURCE_MARKER = settings.SOURCE_MARKER
 PII_MARKER = ".campaign_pii_mode"
 TZ_MARKER = ".campaign_partition_tz"
 DEFAULT_APP_KEY = "default"

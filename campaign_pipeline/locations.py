@@ -72,7 +72,7 @@ def record_last_run(data_dir: Path, env: Mapping[str, str] | None = None) -> Non
 def _has_data(data_dir: Path) -> bool:
     """True for a data dir a run has used (its source marker; a DuckLake run writes no database file)."""
     return any((data_dir / name).is_file()
-               for name in (ANALYTICS_FILENAME, settings.WAREHOUSE_FILENAME, ".campaign_source"))
+               for name in (ANALYTICS_FILENAME, settings.WAREHOUSE_FILENAME, settings.SOURCE_MARKER))
 
 
 def locate_data_dir(env: Mapping[str, str] | None = None, root: Path | None = None) -> tuple[Path, str]:

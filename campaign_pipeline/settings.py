@@ -72,6 +72,7 @@ WHATSAPP_STATUSES = ("Delivered", "Read", "Pending", "Failed")
 LAKE_DIRNAME = "lake"
 RAW_DIRNAME = "raw"
 WAREHOUSE_FILENAME = "warehouse.duckdb"
+SOURCE_MARKER = ".campaign_source"  # written by a data dir's first run (config.prepare_data_dir)
 DEFAULT_DATA_DIR = "./data"
 
 # --- Partitions and checks --------------------------------------------------------------------

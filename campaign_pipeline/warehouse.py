@@ -432,7 +432,9 @@ def redact_uri(text: str) -> str:
     return _URL_PASSWORD.sub(r"\1***\3", _PASSWORD.sub(r"\1***", text))
 
 
-def _quote(text: str) -> str:
+def sql_literal(text: str) -> str:
+    """``text`` as a SQL string literal (for the statements that take no bound parameters:
+    ``LOAD``, ``ATTACH``, ``CREATE SECRET``, a view's file glob)."""
     return "'" + text.replace("'", "''") + "'"
 
 
@@ -461,7 +463,7 @@ def load_extension(con: duckdb.DuckDBPyConnection, name: str) -> None:
             shutil.copyfile(source, temp)
             os.replace(temp, target)
         _EXTENSION_COPIES[name] = target
-    con.execute(f"LOAD {_quote(str(target))}")
+    con.execute(f"LOAD {sql_literal(str(target))}")
 
 
 _EXTENSION_COPIES: dict[str, Path] = {}  # checked once per process
@@ -513,10 +515,10 @@ class DuckLakeWarehouse(Warehouse):
                 # Upload parts of ~5 MiB (S3's minimum) instead of the default ~77 MiB, which alone
                 # would exceed the writer's 32 MB memory limit: part size = max file size / 10,000.
                 con.execute("SET s3_uploader_max_filesize = '50GB'")
-            options = f"DATA_PATH {_quote(self.data_path)}" + (", READ_ONLY" if read_only else "")
+            options = f"DATA_PATH {sql_literal(self.data_path)}" + (", READ_ONLY" if read_only else "")
             for attempt in range(1, _INIT_ATTEMPTS + 1):
                 try:
-                    con.execute(f"ATTACH {_quote(self.uri)} AS {_CATALOG} ({options})")
+                    con.execute(f"ATTACH {sql_literal(self.uri)} AS {_CATALOG} ({options})")
                     break
                 except duckdb.Error as error:
                     # Two first writers creating the catalog at once: one wins, the other attaches it.
@@ -596,11 +598,11 @@ def _s3_secret(s3: Mapping[str, str]) -> str:
     for option, key in (("KEY_ID", "key_id"), ("SECRET", "secret"), ("SESSION_TOKEN", "session_token"),
                         ("REGION", "region")):
         if s3.get(key):
-            parts.append(f"{option} {_quote(s3[key])}")
+            parts.append(f"{option} {sql_literal(s3[key])}")
     endpoint = s3.get("endpoint_url")
     if endpoint:
         scheme, _, host = endpoint.partition("://")
-        parts += [f"ENDPOINT {_quote(host.rstrip('/'))}", "URL_STYLE 'path'",
+        parts += [f"ENDPOINT {sql_literal(host.rstrip('/'))}", "URL_STYLE 'path'",
                   f"USE_SSL {'true' if scheme == 'https' else 'false'}"]
     return f"CREATE OR REPLACE SECRET campaign_pipeline_s3 ({', '.join(parts)})"
 

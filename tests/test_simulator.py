@@ -734,6 +734,12 @@ def test_hostile_transport_modes_must_be_positive_numbers(name, value):
         SimulatorConfig(**{name: value})
 
 
+def _stream_detail(srv: SimulatorServer, history_id: str) -> requests.Response:
+    """A streamed detail answer (use as a context manager), its body not yet read."""
+    return requests.get(_url(srv, DETAIL), params={"historyID": history_id}, stream=True,
+                        headers={"Authorization": f"Bearer {srv.token}"}, timeout=10)
+
+
 def _first_detail(srv: SimulatorServer) -> tuple[str, bytes]:
     """The first campaign of DAY and its clean detail page bytes (limit 500)."""
     start, end = _day_window(DAY)
@@ -764,8 +770,7 @@ def test_drip_sends_the_detail_body_at_the_given_rate_and_the_summary_at_once():
 def test_drip_ends_when_the_client_hangs_up_and_the_server_stops_promptly():
     with SimulatorServer(SimulatorConfig(now=NOW, drip_bytes_per_s=10)) as srv:
         history_id, _ = _first_detail(srv)
-        with requests.get(_url(srv, DETAIL), params={"historyID": history_id}, stream=True,
-                          headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as response:
+        with _stream_detail(srv, history_id) as response:
             assert response.raw.read(2) == b'{"'
         started = time.monotonic()
     assert time.monotonic() - started < 2.0
@@ -790,8 +795,7 @@ def test_oversized_pads_every_detail_answer_to_exactly_n_megabytes_of_well_forme
 def test_oversized_answer_abandoned_by_the_client_leaves_the_server_serving():
     with SimulatorServer(SimulatorConfig(now=NOW, oversized_mb=500)) as srv:
         history_id, _ = _first_detail(srv)
-        with requests.get(_url(srv, DETAIL), params={"historyID": history_id}, stream=True,
-                          headers={"Authorization": f"Bearer {srv.token}"}, timeout=10) as response:
+        with _stream_detail(srv, history_id) as response:
             assert response.raw.read(12) == b'{"padding":"'
         assert _get(srv, SUMMARY, startAt=_iso(NOW - timedelta(days=1)), endAt=_iso(NOW)).status_code == 200
         assert srv.stats()["internal_errors"] == 0
