@@ -142,3 +142,68 @@ def test_unknown_fields_reports_top_level_and_sender_names():
     record = sms_record(campaignTag="x")
     record["sender"]["team"] = "ops"
     assert sorted(records.unknown_fields(record, records.DETAIL_FIELDS)) == ["campaignTag", "sender.team"]
+
+
+def _row_from_field_functions(record, campaign_id: str, channel: str) -> tuple:
+    """The row the field functions give one by one: what the inlined common cases must equal."""
+    records._check_detail(record, campaign_id)
+    sender = records.sender_of(record)
+    last = record.get("lastUpdatedDateTime")
+    last = record.get("LastUpdatedDateTime") if last is None or last == "" else last
+    head = (campaign_id, records.normalize_recipient(record.get("recipient")),
+            records.parse_timestamp_us(record.get("date"), "date"), records.text_or_none(sender.get("phone")))
+    tail = records.optional_timestamp_us(last, "lastUpdatedDateTime")
+    if channel == "SMS":
+        country = records.text_or_none(record.get("recipientCountry"))
+        return (*head, records.text_or_none(sender.get("senderEID")), country.upper() if country else None,
+                records.text_or_none(record.get("content")), records.parse_count(record.get("numSMS"), "numSMS",
+                                                                                 records.INT32_MAX),
+                records.canonical_status(record.get("status"), "SMS"),
+                records.canonical_carrier_status(record.get("carrierNetworkStatus")), tail)
+    return (*head, records.text_or_none(sender.get("channelName")), records.text_or_none(sender.get("sourceName")),
+            records.text_or_none(record.get("subject")), records.canonical_status(record.get("status"), "WhatsApp"),
+            records.text_or_none(record.get("failedReason")), tail)
+
+
+_FIELD_VARIANTS = {
+    "recipient": ["+85291234567", "85291234567", 85291234567, " +852 9123-4567 ", "+1", "+85291234567\u0663", None, True],
+    "date": ["2024-05-18T02:19:10.000Z", "2024-05-18T10:19:10+08:00", "2024-05-18T02:19:10", "", None, 17],
+    "status": ["Delivered", "delivered", "Read", "READ", "Queued", " Failed ", "", None, 3],
+    "carrierNetworkStatus": ["Delivered", "queued", "", None, "Mystery"],
+    "numSMS": [1, "2", 2.0, -1, 2**31, True, "x", None, ""],
+    "content": ["hello", "  padded  ", "caf\u00e9", "\ud83d", "", None, 12],
+    "recipientCountry": ["hk", " HK ", "", None],
+    "subject": ["order_update", "", None, " x "],
+    "failedReason": ["", "131026", 131026, None],
+    "lastUpdatedDateTime": ["2024-05-18T02:19:20.145Z", "", None, "yesterday"],
+    "sender": [{"phone": "ACME", "senderEID": "e", "channelName": "c", "sourceName": "s"}, {"phone": " +65 "},
+               None, "not an object", {"phone": 5}],
+    "id": ["c1", "c2", None, ""],
+}
+
+
+@pytest.mark.parametrize("channel", ["SMS", "WhatsApp"])
+def test_message_rows_equal_the_field_functions_for_every_shape(channel):
+    """Each field varied on its own over the shapes records arrive in: the message parsers
+    (which inline the common cases for speed) give the same row or the same rejection as the
+    field functions applied one by one."""
+    base = {"id": "c1", "date": "2024-05-18T02:19:10.000Z", "recipient": "+85291234567", "status": "Delivered",
+            "sender": {"phone": "ACME", "senderEID": "e", "channelName": "c", "sourceName": "s"},
+            "recipientCountry": "HK", "content": "hi", "numSMS": 1, "carrierNetworkStatus": "Delivered",
+            "subject": "s", "failedReason": "", "lastUpdatedDateTime": "2024-05-18T02:19:20.145Z"}
+    parse = records.MESSAGE_PARSERS[channel]
+    compared = 0
+    for field, values in _FIELD_VARIANTS.items():
+        for value in values:
+            record = {**base, field: value}
+            for variant in (record, {k: v for k, v in record.items() if k != field}):
+                try:
+                    expected = _row_from_field_functions(variant, "c1", channel)
+                except records.RecordRejected as rejected:
+                    with pytest.raises(records.RecordRejected) as raised:
+                        parse(variant, "c1")
+                    assert raised.value.reason == rejected.reason, (field, value)
+                else:
+                    assert parse(variant, "c1") == expected, (field, value)
+                compared += 1
+    assert compared == 2 * sum(len(v) for v in _FIELD_VARIANTS.values())
