@@ -31,7 +31,7 @@ import threading
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from campaign_pipeline.errors import CampaignPipelineError, ConfigError, error_kind
+from campaign_pipeline.errors import CampaignPipelineError, ConfigError, error_kind, one_line
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_WAREHOUSE_UNUSABLE, EXIT_STORAGE = 3, 4
@@ -69,10 +69,6 @@ def _install_sigterm_handler() -> None:
     """Make SIGTERM unwind the main thread like Ctrl-C (only the main thread may set handlers)."""
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _raise_terminated)
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 def resolve_dagster_home() -> None:
@@ -472,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
         return exit_code_for(error)
     except Exception as error:  # one line, never a traceback (-v logs it)
         log.debug("unexpected error", exc_info=True)
-        print(f"error: {type(error).__name__}: {_one_line(error)}", file=sys.stderr)
+        print(f"error: {type(error).__name__}: {one_line(error)}", file=sys.stderr)
         return exit_code_for(error)  # 4 for a full disk or read-only location, else 1
 
 

@@ -57,6 +57,7 @@ from campaign_pipeline.errors import (
     RetriableError,
     RetriesExhaustedError,
     ThrottledError,
+    one_line,
 )
 
 __all__ = [
@@ -593,12 +594,6 @@ def validate_token(token: str, variable: str = "CINNOX_APP_TOKEN") -> str:
     return token
 
 
-def _one_line(text: object, limit: int | None = 300) -> str:
-    """``text`` with whitespace runs collapsed to one space, cut to ``limit`` characters (``None``: never)."""
-    flat = " ".join(str(text).split())
-    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
-
-
 _URL_IN_TEXT = re.compile(r"url: \S+")
 
 
@@ -790,7 +785,7 @@ class CinnoxClient:
         flat = str(text)
         for form in self._token_forms:
             flat = flat.replace(form, "<redacted>")
-        return _one_line(flat, limit)
+        return one_line(flat, limit)
 
     def _safe_url(self, path: str, params: Mapping[str, Any]) -> str:
         """Path (with the base URL's prefix) and whitelisted query; what logs and errors show."""

@@ -46,7 +46,7 @@ from campaign_pipeline.config import (
     prepare_data_dir,
     recipient_hasher,
 )
-from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError, storage_error
+from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError, one_line, storage_error
 from campaign_pipeline.lake import Lake, StagedFile
 from campaign_pipeline.pii import RecipientHasher
 from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
@@ -221,7 +221,7 @@ def run_day(cfg: PipelineConfig, app: AppConfig, window: PartitionWindow, lake: 
     except Exception as error:  # noqa: BLE001 -- a failed day is a result; the front ends decide
         # A full disk or read-only location says so, whichever layer (lake, Arrow, DuckDB) hit it.
         result.error = storage_error(error, cfg.lake_root) or error
-        result.failure = _one_line(result.error)
+        result.failure = _describe(result.error)
     finally:
         for file in staged:
             file.discard()  # no-op for committed files
@@ -462,6 +462,6 @@ def _return_freed_heap() -> None:
         _LIBC.malloc_trim(0)
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error) if isinstance(error, CampaignPipelineError) else f"{type(error).__name__}: {error}"
-    return " ".join(text.split())
+def _describe(error: BaseException) -> str:
+    """One line for a failed day: our errors' own words, anything else prefixed with its type."""
+    return one_line(error if isinstance(error, CampaignPipelineError) else f"{type(error).__name__}: {error}")

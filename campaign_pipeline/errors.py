@@ -61,13 +61,16 @@ __all__ = [
     "WarehouseLockedError",
     "WarehouseUnusableError",
     "error_kind",
+    "one_line",
     "storage_error",
 ]
 
 
-def _one_line(text: object) -> str:
-    """Collapse any whitespace run (newlines included) to a single space."""
-    return " ".join(str(text).split())
+def one_line(text: object, limit: int | None = None) -> str:
+    """``text`` with every whitespace run (newlines included) collapsed to one space, cut to
+    ``limit`` characters with an ellipsis (``None``: never cut)."""
+    flat = " ".join(str(text).split())
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 class CampaignPipelineError(Exception):
@@ -78,7 +81,7 @@ class ConfigError(CampaignPipelineError):
     """Bad configuration or an invalid date range; the message is one line saying how to fix it."""
 
     def __init__(self, message: str) -> None:
-        super().__init__(_one_line(message))
+        super().__init__(one_line(message))
 
 
 class WarehouseError(CampaignPipelineError):
@@ -99,7 +102,7 @@ class StorageError(CampaignPipelineError):
 
     def __init__(self, message: str, reason: str) -> None:
         self.reason = reason
-        super().__init__(_one_line(message))
+        super().__init__(one_line(message))
 
     def __reduce__(self):
         return (type(self), (str(self), self.reason))
@@ -141,7 +144,7 @@ class CinnoxError(CampaignPipelineError):
     ) -> None:
         self.status = status
         self.code = code
-        self.cinnox_message = _one_line(cinnox_message) if cinnox_message is not None else None
+        self.cinnox_message = one_line(cinnox_message) if cinnox_message is not None else None
         self.url = url
         self.method = method
         self.kind = kind
@@ -328,7 +331,7 @@ def storage_error(error: BaseException, where: object) -> StorageError | None:
     for link in _chain(error):
         reason = _storage_reason(link)
         if reason is not None:
-            detail = _one_line(link if not isinstance(link, OSError) or not link.strerror
+            detail = one_line(link if not isinstance(link, OSError) or not link.strerror
                                else f"{link.strerror}: {link.filename}" if link.filename else link.strerror)
             if reason == "full":
                 message = (f"the disk holding {where} is full ({detail}); free space and rerun: "

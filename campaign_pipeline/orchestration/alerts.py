@@ -27,6 +27,7 @@ from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PART
 
 from campaign_pipeline import schemas
 from campaign_pipeline.config import PipelineConfig
+from campaign_pipeline.errors import one_line
 
 FRESHNESS_TABLES = (schemas.TABLES["sms_messages"].name, schemas.TABLES["whatsapp_messages"].name)
 SENSOR_NAME = "campaign_run_failure_alert"
@@ -68,15 +69,11 @@ def with_freshness_policy(assets: Iterable[dg.AssetsDefinition], hours: float) -
 # -- the failure alert ---------------------------------------------------------------------------
 
 
-def _one_line(text: str | None) -> str:
-    return " ".join((text or "").split())
-
-
 def _root_message(error) -> str:
     """The innermost cause of a serialized Dagster error, as one line."""
     while getattr(error, "cause", None) is not None:
         error = error.cause
-    return _one_line(error.message) or error.cls_name or "unknown error"
+    return one_line(error.message or "") or error.cls_name or "unknown error"
 
 
 def step_failures(events: Sequence[dg.DagsterEvent]) -> list[dict]:
@@ -89,11 +86,11 @@ def step_failures(events: Sequence[dg.DagsterEvent]) -> list[dict]:
         kind = user.metadata.get("error_kind") if user is not None else None
         error = getattr(data, "error", None)
         if user is not None and user.description:
-            message = _one_line(user.description)
+            message = one_line(user.description or "")
         elif error is not None:
             message = _root_message(error)
         else:
-            message = _one_line(event.message)
+            message = one_line(event.message or "")
         failures.append({"step": event.step_key, "error": message, "error_kind": getattr(kind, "value", kind)})
     return failures
 
@@ -107,7 +104,7 @@ def failure_payload(run: dg.DagsterRun, run_error: str | None, steps: list[dict]
     end = run.tags.get(ASSET_PARTITION_RANGE_END_TAG)
     partition = run.tags.get(PARTITION_TAG)
     days = f"{start}..{end}" if start else (partition or "no partition")
-    first_error = next((step["error"] for step in steps if step["error"]), None) or _one_line(run_error)
+    first_error = next((step["error"] for step in steps if step["error"]), None) or one_line(run_error or "")
     payload = {
         "text": f"campaign_pipeline: run {run.run_id} of {run.job_name} failed ({days}): {first_error}",
         "event": "run_failure",
@@ -116,7 +113,7 @@ def failure_payload(run: dg.DagsterRun, run_error: str | None, steps: list[dict]
         "partition": partition,
         "partition_range_start": start,
         "partition_range_end": end,
-        "error": _one_line(run_error),
+        "error": one_line(run_error or ""),
         "failed_steps": steps,
     }
     return _redact(payload, [s for s in secrets if s and len(s) >= _MIN_SECRET_CHARS])
