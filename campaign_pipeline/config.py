@@ -672,7 +672,7 @@ def prepare_data_dir(config: PipelineConfig) -> None:
     data_dir = config.data_dir
     try:
         data_dir.mkdir(parents=True, exist_ok=True)
-        probe = data_dir / f".write-probe-{os.getpid()}"
+        probe = data_dir / f".write-probe-{os.getpid()}-{threading.get_ident()}"  # two runs in one process too
         probe.write_text("ok")
         probe.unlink()
     except OSError as error:
