@@ -15,12 +15,12 @@ from datetime import date, timedelta
 from pathlib import Path
 
 from campaign_pipeline import engine
-from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline.cinnox.client import CinnoxClient
 from campaign_pipeline.config import AppConfig
-from campaign_pipeline.lake import Lake
+from campaign_pipeline.model.transform import DaySplitter
+from campaign_pipeline.model.windows import PartitionWindow
 from campaign_pipeline.simulator import SimulatorConfig, SimulatorServer
-from campaign_pipeline.transform import DaySplitter
-from campaign_pipeline.windows import PartitionWindow
+from campaign_pipeline.storage.lake import Lake
 
 DAYS = [date(2024, 5, 1) + timedelta(days=i) for i in range(7)]
 LAGS = (0, 1, 2, 3)

@@ -3,16 +3,19 @@
 Layers, imported one way only (a layer imports only the layers below it)::
 
     cli, report_cli          the command line (front end)
-    definitions, orchestration   the Dagster code location (front end; the only dagster imports)
+    defs/                    the Dagster code location (front end; the only dagster imports)
     engine                   a run's days: fetch, land, type, write, audit, publish
     quality, reporting       checks and analyst queries over the warehouse
-    warehouse, lake          DuckDB (one transaction per app and day) and the Parquet/landing files
-    transform                a day's pages -> typed Arrow tables (records, schemas)
-    config                   the one declaration of every setting (client, pii, windows)
-    client                   HTTP: paging, the one retry loop, the rate limiter
+    config                   the one declaration of every setting (validators from cinnox, model, storage)
+    storage/                 lake, warehouse (DuckDB/DuckLake), analysts' database, locations, sql/ views
+    model/                   schemas, records, transform, pii, windows, dictionary
+    cinnox/                  the CINNOX HTTP client: paging, the one retry loop, pacing, responses
     crashpoints, settings, errors
 
-Only :mod:`campaign_pipeline.definitions` and :mod:`campaign_pipeline.orchestration` import
+Two lazy imports go upward: ``model.dictionary`` -> ``storage.warehouse`` and ``storage.analytics`` ->
+``config``.
+
+Only :mod:`campaign_pipeline.defs` (the code location and its modules) imports
 ``dagster``. The simulator is a separate, independent implementation of the CINNOX API and imports
 nothing from the pipeline.
 """

@@ -92,7 +92,7 @@ def _parse_day(text: str) -> date:
 
 def validate_range(start: date, end: date, partition_start: date, tz_name: str, now: datetime) -> None:
     """Fail fast on a range the partitions cannot hold; one line saying how to fix it."""
-    from campaign_pipeline.windows import latest_complete_day
+    from campaign_pipeline.model.windows import latest_complete_day
 
     latest = latest_complete_day(now, tz_name)
     if start > end:
@@ -131,7 +131,7 @@ def cmd_backfill(args: argparse.Namespace) -> int:
     print(f"backfill {args.start}..{args.end} ({days} day{'s' * (days != 1)}) "
           f"source={config.source} data_dir={config.data_dir}", file=sys.stderr)
     if in_dagster:
-        from campaign_pipeline.orchestration.backfill import run_backfill
+        from campaign_pipeline.defs.backfill import run_backfill
 
         outcome = run_backfill(args.start, args.end, resplit_only=args.resplit, allow_shrink=args.allow_shrink,
                                dagster_log_level="DEBUG" if args.verbose else "CRITICAL", lock_wait_s=lock_wait)
@@ -189,9 +189,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """Backfill the last ``--days`` complete days from the built-in simulator into the demo data
     dir, recorded in a Dagster instance there (so ``make dev`` shows it), print the report and the
     next commands."""
-    from campaign_pipeline import locations
     from campaign_pipeline.config import environment_variable_names
-    from campaign_pipeline.windows import latest_complete_day
+    from campaign_pipeline.model.windows import latest_complete_day
+    from campaign_pipeline.storage import locations
 
     # The demo writes only to its own data dir: whatever the shell points at (a real app, a
     # DuckLake, an S3 lake, a PII salt, another data dir) is left out of its environment.
@@ -226,8 +226,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     code = cmd_backfill(args)
     if code != EXIT_OK:
         return code
-    from campaign_pipeline import analytics
     from campaign_pipeline.reporting import format_table, rate_report
+    from campaign_pipeline.storage import analytics
 
     con = analytics.connect(data_dir, announce=False)
     try:
@@ -246,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def _write_instance_config(home: Path) -> None:
     """A local Dagster instance config in ``home`` (the shipped one when this is a checkout)."""
-    from campaign_pipeline import locations
+    from campaign_pipeline.storage import locations
 
     target = home / "dagster.yaml"
     if target.exists():
@@ -268,8 +268,8 @@ def cmd_sql(args: argparse.Namespace) -> int:
     """Open the DuckDB CLI read-only on the analysts' database (or print its path)."""
     import shutil
 
-    from campaign_pipeline import locations
     from campaign_pipeline.errors import WarehouseError
+    from campaign_pipeline.storage import locations
 
     if os.environ.get("CAMPAIGN_WAREHOUSE_URI", "").strip():
         raise ConfigError("the warehouse is a DuckLake (CAMPAIGN_WAREHOUSE_URI): attach it read-only in your SQL "
@@ -290,7 +290,7 @@ def cmd_sql(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     """Serve the Dagster UI (``dagster dev``) on the data the user has (:func:`ui_environment`)."""
-    from campaign_pipeline import locations
+    from campaign_pipeline.storage import locations
 
     root = locations.project_root()
     env, workdir, message = ui_environment(dict(os.environ), root)
@@ -346,8 +346,8 @@ def _dotenv_values(path: Path) -> dict[str, str]:
 
 def _demo_settings(env: dict[str, str], root: Path) -> dict[str, str] | None:
     """The demo's recorded settings when the data the user has is the demo's, else None."""
-    from campaign_pipeline import locations
     from campaign_pipeline.errors import WarehouseError
+    from campaign_pipeline.storage import locations
 
     try:
         data_dir, _why = locations.locate_data_dir(env, root)

@@ -39,11 +39,12 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from campaign_pipeline import locations, settings
-from campaign_pipeline.client import validate_base_url, validate_token
+from campaign_pipeline import settings
+from campaign_pipeline.cinnox.client import validate_base_url, validate_token
 from campaign_pipeline.errors import ConfigError
-from campaign_pipeline.pii import PII_MODE_HASH, PII_MODE_RAW, PII_MODES, RecipientHasher
-from campaign_pipeline.windows import load_timezone
+from campaign_pipeline.model.pii import PII_MODE_HASH, PII_MODE_RAW, PII_MODES, RecipientHasher
+from campaign_pipeline.model.windows import load_timezone
+from campaign_pipeline.storage import locations
 
 SOURCE_CINNOX = "cinnox"
 SOURCE_SIMULATOR = "simulator"
@@ -449,7 +450,7 @@ class PipelineConfig:
         return self.data_dir / settings.WAREHOUSE_FILENAME
 
     def client_options(self) -> dict:
-        """Keyword arguments for :class:`campaign_pipeline.client.CinnoxClient` besides
+        """Keyword arguments for :class:`campaign_pipeline.cinnox.client.CinnoxClient` besides
         ``base_url``, ``app_id`` and ``token``."""
         return {
             "rate_limit_per_min": self.rate_limit_per_min,

@@ -37,8 +37,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from campaign_pipeline import analytics, quality, reporting
-from campaign_pipeline.client import CinnoxClient
+from campaign_pipeline import quality, reporting
+from campaign_pipeline.cinnox.client import CinnoxClient
 from campaign_pipeline.config import (
     SOURCE_SIMULATOR,
     AppConfig,
@@ -47,16 +47,17 @@ from campaign_pipeline.config import (
     recipient_hasher,
 )
 from campaign_pipeline.errors import CampaignPipelineError, LandingMissingError, one_line, storage_error
-from campaign_pipeline.lake import Lake, StagedFile
-from campaign_pipeline.pii import RecipientHasher
-from campaign_pipeline.transform import DaySplitter, DayTables, SplitStats
-from campaign_pipeline.warehouse import (
+from campaign_pipeline.model.pii import RecipientHasher
+from campaign_pipeline.model.transform import DaySplitter, DayTables, SplitStats
+from campaign_pipeline.model.windows import PartitionWindow
+from campaign_pipeline.storage import analytics
+from campaign_pipeline.storage.lake import Lake, StagedFile
+from campaign_pipeline.storage.warehouse import (
     DEFAULT_LOCK_TIMEOUT_S,
     DEFAULT_OPEN_TIMEOUT_S,
     Warehouse,
     open_warehouse,
 )
-from campaign_pipeline.windows import PartitionWindow
 
 progress_log = logging.getLogger("campaign_pipeline.progress")
 

@@ -32,7 +32,7 @@ the sanitized request (path and whitelisted query, never the token), e.g.::
 
     CINNOX 400 code=6451000 "endAt is prior to startAt" on GET /v1/api/apps/x/data/sent-campaigns-summary
 
-Only :mod:`campaign_pipeline.client` builds ``CinnoxError`` instances; it never hands them the token.
+Only :mod:`campaign_pipeline.cinnox.client` builds ``CinnoxError`` instances; it never hands them the token.
 
 :func:`error_kind` names the class of any failure (``lock_held``, ``warehouse_unusable``,
 ``storage_full``, ``storage_read_only``, ``config``, ``failed``): the CLI maps it to an exit code,

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 
 import duckdb
 
-from campaign_pipeline import records, schemas, settings
-from campaign_pipeline.transform import SplitStats
-from campaign_pipeline.windows import PartitionWindow
+from campaign_pipeline import settings
+from campaign_pipeline.model import records, schemas
+from campaign_pipeline.model.transform import SplitStats
+from campaign_pipeline.model.windows import PartitionWindow
 
 ERROR, WARN = "ERROR", "WARN"
 DEFAULT_REJECTED_RATIO_THRESHOLD = settings.DEFAULT_REJECTED_THRESHOLD

@@ -7,7 +7,7 @@ Usage::
                              [--format table|csv|json] [--chart PATH.png]
 
 ``--start``/``--end`` are inclusive partition days; without them the report covers the latest 7
-loaded days. It reads the analysts' database (:mod:`campaign_pipeline.analytics`: views over the
+loaded days. It reads the analysts' database (:mod:`campaign_pipeline.storage.analytics`: views over the
 published lake, never locked by a writer), so it works while a backfill runs, needs no API
 credentials, and finds the data with ``--data-dir``, ``CAMPAIGN_DATA_DIR``, the last run's data dir
 or the demo's (said on stderr). Exit codes, as for every command (:mod:`campaign_pipeline.cli`):
@@ -89,7 +89,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             reporting.require_charts()
         except ConfigError as error:
             return _error(str(error), EXIT_BAD_INPUT)
-    from campaign_pipeline import analytics
+    from campaign_pipeline.storage import analytics
 
     try:
         con = analytics.connect(args.data_dir, why="--data-dir")

@@ -1,8 +1,8 @@
 """Read-only reporting over the warehouse views: rate reports, formatting and the trend chart.
 
 Pure functions over a DuckDB connection (the warehouse, or the analysts' database of
-:mod:`campaign_pipeline.analytics`, which has the same view names); no Dagster. The metric
-definitions live once, in ``campaign_pipeline/sql/02_message_metrics.sql`` (per-message flags and
+:mod:`campaign_pipeline.storage.analytics`, which has the same view names); no Dagster. The metric
+definitions live once, in ``campaign_pipeline/storage/sql/02_message_metrics.sql`` (per-message flags and
 the rate macros); the queries here only select from the views and re-aggregate their counts over a
 date range with those macros. Identifiers come from the constants below, values are bound parameters.
 
@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import duckdb
 
-from campaign_pipeline import schemas, settings
+from campaign_pipeline import settings
 from campaign_pipeline.errors import ConfigError
-from campaign_pipeline.warehouse import Warehouse
+from campaign_pipeline.model import schemas
+from campaign_pipeline.storage.warehouse import Warehouse
 
 if TYPE_CHECKING:
     import pandas as pd

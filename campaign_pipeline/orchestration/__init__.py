@@ -1,1 +1,0 @@
-"""The Dagster layer: the only part of the package that imports ``dagster``."""
