@@ -142,6 +142,7 @@ def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
     con = duckdb.connect(str(temp), config={"autoinstall_known_extensions": False,
                                             "autoload_known_extensions": False})
     try:
+        con.execute("BEGIN TRANSACTION")  # one commit for the ~200 statements: half the build time
         for spec in schemas.TABLES.values():
             con.execute(_table_view(str(lake), spec, spec.name in with_files))
         for _name, statement in view_statements():
@@ -150,6 +151,7 @@ def _build(path: Path, lake: Path, with_files: list[str], stamp: str) -> None:
         con.execute(f'CREATE TABLE "{_META_TABLE}" (key VARCHAR PRIMARY KEY, value VARCHAR)')
         con.execute(f'INSERT INTO "{_META_TABLE}" VALUES (?, ?), (?, ?)',
                     ["stamp", stamp, "lake", str(lake)])
+        con.execute("COMMIT")
     except BaseException:
         con.close()
         temp.unlink(missing_ok=True)

@@ -121,7 +121,9 @@ class Warehouse:
         temp = self.path.with_name(f"{prefix}{os.getpid()}")
         con = duckdb.connect(str(temp), config=WRITER_CONFIG)
         try:
+            con.execute("BEGIN TRANSACTION")  # one commit for the ~200 statements: half the time
             prepare(con)
+            con.execute("COMMIT")
         finally:
             con.close()  # checkpoints: everything is in the file, no WAL left
         os.replace(temp, self.path)
