@@ -274,21 +274,8 @@ def parse_sms_message(record: Any, campaign_id: str) -> tuple:
     everything else goes through the field's own function, so both give the same row: this runs
     once per recipient and is most of a day's CPU time.
     """
-    if record.__class__ is not dict or record.get("id") != campaign_id:
-        _check_detail(record, campaign_id)
+    sender, recipient, sent_at, phone = _message_head(record, campaign_id)
     get = record.get
-    sender = get("sender")
-    if sender.__class__ is not dict:
-        sender = sender_of(record)
-    value = get("recipient")
-    recipient = value if (value.__class__ is str and value[:1] == "+" and 7 <= len(value) <= 16
-                          and value[1:].isdigit() and value.isascii()) else normalize_recipient(value)
-    value = get("date")
-    sent_at = _TIMESTAMP_CACHE.get(value) if value.__class__ is str else None
-    if sent_at is None:
-        sent_at = parse_timestamp_us(value, "date")
-    value = sender.get("phone")
-    phone = (value.strip() or None) if value.__class__ is str and value.isascii() else text_or_none(value)
     value = sender.get("senderEID")
     eid = (value.strip() or None) if value.__class__ is str and value.isascii() else text_or_none(value)
     value = get("recipientCountry")
@@ -312,21 +299,8 @@ def parse_whatsapp_message(record: Any, campaign_id: str) -> tuple:
     sender_source_name, subject, status, failed_reason, last_updated_at. Common shapes are
     tested inline, as in :func:`parse_sms_message`.
     """
-    if record.__class__ is not dict or record.get("id") != campaign_id:
-        _check_detail(record, campaign_id)
+    sender, recipient, sent_at, phone = _message_head(record, campaign_id)
     get = record.get
-    sender = get("sender")
-    if sender.__class__ is not dict:
-        sender = sender_of(record)
-    value = get("recipient")
-    recipient = value if (value.__class__ is str and value[:1] == "+" and 7 <= len(value) <= 16
-                          and value[1:].isdigit() and value.isascii()) else normalize_recipient(value)
-    value = get("date")
-    sent_at = _TIMESTAMP_CACHE.get(value) if value.__class__ is str else None
-    if sent_at is None:
-        sent_at = parse_timestamp_us(value, "date")
-    value = sender.get("phone")
-    phone = (value.strip() or None) if value.__class__ is str and value.isascii() else text_or_none(value)
     value = sender.get("channelName")
     channel_name = (value.strip() or None) if value.__class__ is str and value.isascii() else text_or_none(value)
     value = sender.get("sourceName")
@@ -340,6 +314,26 @@ def parse_whatsapp_message(record: Any, campaign_id: str) -> tuple:
     failed_reason = (value.strip() or None) if value.__class__ is str and value.isascii() else text_or_none(value)
     return (campaign_id, recipient, sent_at, phone, channel_name, source_name, subject, status, failed_reason,
             _last_updated_us(record))
+
+
+def _message_head(record: Any, campaign_id: str) -> tuple[dict, str, int, str | None]:
+    """What both channels' rows start with: the record checked against its campaign, then its
+    ``sender`` object, recipient, ``sent_at`` and sender phone (common shapes inline)."""
+    if record.__class__ is not dict or record.get("id") != campaign_id:
+        _check_detail(record, campaign_id)
+    sender = record.get("sender")
+    if sender.__class__ is not dict:
+        sender = sender_of(record)
+    value = record.get("recipient")
+    recipient = value if (value.__class__ is str and value[:1] == "+" and 7 <= len(value) <= 16
+                          and value[1:].isdigit() and value.isascii()) else normalize_recipient(value)
+    value = record.get("date")
+    sent_at = _TIMESTAMP_CACHE.get(value) if value.__class__ is str else None
+    if sent_at is None:
+        sent_at = parse_timestamp_us(value, "date")
+    value = sender.get("phone")
+    phone = (value.strip() or None) if value.__class__ is str and value.isascii() else text_or_none(value)
+    return sender, recipient, sent_at, phone
 
 
 def _last_updated_us(record: dict) -> int | None:
