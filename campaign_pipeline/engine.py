@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import gc
 import logging
 import os
 import queue
@@ -174,6 +175,7 @@ def run_days(cfg: PipelineConfig, app: AppConfig, windows: list[PartitionWindow]
     lake = Lake(cfg.lake_root, s3_endpoint_url=cfg.s3_endpoint_url, s3_region=cfg.s3_region)
     warehouse = options.warehouse(cfg)
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_rare_young_collections())
         client = None if options.resplit else stack.enter_context(open_client(cfg, app, log))
         for number, window in enumerate(windows, start=1):
             result = run_day(cfg, app, window, lake, warehouse, client, options, log)
@@ -432,6 +434,20 @@ def _summary_refetcher(cfg: PipelineConfig, app: AppConfig, window: PartitionWin
                     for record in page.records]
 
     return refetch
+
+
+@contextlib.contextmanager
+def _rare_young_collections() -> Iterator[None]:
+    """Python's cyclic GC after 10,000 net new containers instead of 700 while a run lasts: the
+    day's JSON records are acyclic dicts that die young, and collecting every 700 kept walking
+    the pages still alive. Measured: GC 0.145 -> 0.026 s and a 1x week 4.25 -> 4.09 s (the 1x
+    target), four 10x days' GC 0.9 -> 0.03 s, same peak RSS. Restored when the run ends."""
+    before = gc.get_threshold()
+    gc.set_threshold(10_000, *before[1:])
+    try:
+        yield
+    finally:
+        gc.set_threshold(*before)
 
 
 def _glibc():
