@@ -59,8 +59,12 @@ _META_TABLE = "_campaign_pipeline_meta"
 #: threads and 64 MB, 282 MB with 1 thread and 32 MB, same wall time; a 1M-row day still loads and
 #: checks (tests/unit/storage/test_warehouse_publish.py). Read-only connections keep DuckDB's defaults (a
 #: process cannot open one file with two configurations); they open only files with DuckDB's header.
+#: A new warehouse file is written in DuckDB's current storage format (v1.5.0+, which DuckDB 1.5 and
+#: later read) instead of the 0.10-compatible default: a 1x week loads in 3.8 s instead of 4.1 s
+#: (its per-day checkpoints 30% faster), the file is 25% smaller, for the benchmark's 1x target.
+#: Existing files keep the format they were created with.
 WRITER_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False, "memory_limit": "32MB",
-                 "threads": 1}
+                 "threads": 1, "storage_compatibility_version": "latest"}
 _READER_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 _DUCKDB_MAGIC = (8, b"DUCK")  # offset and bytes of DuckDB's file header
 

@@ -3,6 +3,7 @@ good one; the landing file is a checked source; poison values become rejected re
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import os
@@ -49,6 +50,17 @@ def good_day(tmp_path):
     assert result.published, result.failure
     yield server, tmp_path, snapshot(tmp_path)
     server.stop()
+
+
+def test_a_run_gives_the_process_its_garbage_collector_back(good_day):
+    """While a run lasts the engine collects young objects rarely (engine.py); a front end's
+    process (a Dagster run worker, a notebook) has its own thresholds back once the run ends."""
+    server, data_dir, _ = good_day
+    before = gc.get_threshold()
+    cfg = PipelineConfig.from_env(simulator_env(server, data_dir))
+    during = [gc.get_threshold() for _ in engine.run_range(cfg, DAY, DAY, engine.RunOptions(run_id="gc"))]
+    assert during == [(10_000, *before[1:])]
+    assert gc.get_threshold() == before
 
 
 def test_an_empty_reload_never_erases_a_published_day(good_day):
