@@ -340,8 +340,7 @@ def _last_updated_us(record: dict) -> int | None:
     value = record.get("lastUpdatedDateTime")
     if value is None or value == "":
         value = record.get("LastUpdatedDateTime")
-    cached = _TIMESTAMP_CACHE.get(value) if value.__class__ is str else None
-    return cached if cached is not None else optional_timestamp_us(value, "lastUpdatedDateTime")
+    return optional_timestamp_us(value, "lastUpdatedDateTime")  # each record's own: the cache rarely answers
 
 
 def _check_detail(record: Any, campaign_id: str) -> dict:
